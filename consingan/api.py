@@ -1,0 +1,133 @@
+"""The library API. The command line only parses flags and calls these.
+
+    import consingan
+    model = consingan.train("Images/Generation/rocket.png", niter=500, out_dir="runs/rocket")
+    images = model.sample(8, scale_w=2.0, seed=0)      # 8x3xHx2W tensor in [-1, 1]
+    consingan.save_image(images[0], "wide.png")
+    model = consingan.load("runs/rocket")
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config, make_config
+from .device import resolve_device  # noqa: F401 (the command line uses it from here)
+from .errors import UserError
+from .image import from_numpy, read_image, save_image, stage_sizes, training_image
+from .model import ConSinGAN
+from .model_file import MODEL_FILE, load_model, save_model
+from .progress import make_progress
+from .train import RunOptions
+from .train import train as _train_loop
+
+def as_image(image: Any, what: str = "input image") -> torch.Tensor:
+    """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, what)
+    if isinstance(image, np.ndarray):
+        return from_numpy(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        return t.unsqueeze(0) if t.dim() == 3 else t
+    raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(image).__name__}")
+
+
+def default_out_dir(input_name: str, config: Config, root: str | Path = "TrainedModels") -> Path:
+    """TrainedModels/<image stem>/<timestamp>_<mode>_<key settings>/ (a fresh name, never reused)."""
+    stem = Path(input_name).stem or "image"
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
+    c = config
+    name = (f"{stamp}_{c.train_mode}_stages_{c.train_stages}_depth_{c.train_depth}_lr_scale_{c.lr_scale:g}"
+            f"_niter_{c.niter}_max_{c.max_size}_seed_{c.manualSeed}")
+    base = Path(root) / stem / name
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}_{i}"), i + 1
+    return path
+
+
+def check_new_dir(path: Path, what: str = "--out_dir") -> None:
+    """Refuse a directory that already holds files: nothing written before is ever overwritten."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{what} {path} already exists and is not empty; choose another directory "
+                        "(nothing was overwritten)")
+
+
+def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
+          device: str = "auto", progress: str = "none", input_name: str | None = None,
+          **settings: Any) -> ConSinGAN:
+    """Train a model on one image. ``settings`` are Config fields (e.g. ``niter=500``) when no
+    ``config`` is given; ``train_mode`` picks the mode and its defaults.
+
+    With ``out_dir``, the full model directory is written there (model.pt, config.json, log.jsonl,
+    one folder per stage); the directory must not exist or be empty.
+    """
+    if config is None:
+        config = make_config(**settings)
+    elif settings:
+        config = config.replace(**settings)
+    real = as_image(image)
+    # Fail on a too-small image before anything is written.
+    trained = training_image(real, config)
+    stage_sizes(trained.shape[-2], trained.shape[-1], config)
+    dev = resolve_device(device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_new_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
+        readable = {**config.to_dict(), "input_name": Path(meta_input).as_posix(), "device": str(dev)}
+        (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
+    stage0 = None
+    if config.mode.stage0_input != "noise":
+        from .augment import stage0_augmentation
+
+        stage0 = stage0_augmentation(config)
+    model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out),
+                        progress=make_progress(progress), stage0_input=stage0)
+    if out is not None:
+        save_model(model, out)
+    return model
+
+
+def load(path: str | Path, device: str = "cpu") -> ConSinGAN:
+    """Load a model from its directory or its model.pt."""
+    return load_model(path, device=resolve_device(device))
+
+
+def format_scale(value: float) -> str:
+    return f"{value:g}"
+
+
+def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scale_h: float = 1.0,
+                  scale_w: float = 1.0, seed: int | None = None, start_scale: int = 0) -> Path:
+    """The generate command's outputs: reconstruction.png, real_image.png and a folder of samples
+    (``random_samples/`` or ``random_samples_scale_h_<H>_scale_w_<W>/``). Returns the samples folder.
+    An existing samples folder is an error: nothing is overwritten."""
+    out = Path(out)
+    name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (
+        f"random_samples_scale_h_{format_scale(scale_h)}_scale_w_{format_scale(scale_w)}")
+    if start_scale:
+        name += f"_start_scale_{start_scale}"
+    folder = out / name
+    check_new_dir(folder, "output folder")
+    samples = model.sample(num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed, start_scale=start_scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(samples):
+        save_image(s, folder / f"gen_sample_{i}.png")
+    # Deterministic for a model: an existing copy is the same picture, so it is kept as it is.
+    for fname, img in (("reconstruction.png", lambda: model.reconstruct()), ("real_image.png", lambda: model.real)):
+        if not (out / fname).exists():
+            save_image(img(), out / fname)
+    return folder
+
+
+__all__ = ["ConSinGAN", "Config", "make_config", "train", "load", "write_samples", "save_image",
+           "read_image", "MODEL_FILE"]

@@ -1,0 +1,171 @@
+"""The training configuration (immutable) and everything that differs between task modes.
+
+The rest of the package never compares ``train_mode`` strings: it asks the :class:`Mode` object
+returned by :func:`mode_of`. Defaults are the paper's (METHOD.md); a mode's own defaults apply
+unless the user passes a value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one task mode differs from plain generation."""
+
+    name: str
+    # "dense": stages denser at low resolution (METHOD 1); "geometric": plain geometric pyramid.
+    pyramid: str = "dense"
+    # True for generation/animation: stage features are upsampled onto a border of 2*num_layer
+    # pixels before the noise is added (more diversity at the image edges); False: zero padding.
+    upsampled_border: bool = True
+    # What the reconstruction noise of stage 0 is: "real", "real+noise" or "random".
+    stage0_fixed: str = "real"
+    # What stage 0 receives each training iteration: "noise", "harmonization" or "editing"
+    # (the last two are augmentations of the stage-0 training image, METHOD 4).
+    stage0_input: str = "noise"
+    # Mask dilation radius for harmonization/editing inference (None: no masked inference).
+    mask_dilation: int | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("generation"),
+        Mode("retarget", upsampled_border=False),
+        Mode("animation", stage0_fixed="random", defaults={"min_size": 20}),
+        Mode(
+            "harmonization",
+            pyramid="geometric",
+            upsampled_border=False,
+            stage0_input="harmonization",
+            mask_dilation=7,
+            defaults={"train_stages": 3, "min_size": 120, "lrelu_alpha": 0.3,
+                      "niter": 1000, "batch_norm": True},
+        ),
+        Mode(
+            "editing",
+            upsampled_border=False,
+            stage0_fixed="real+noise",
+            stage0_input="editing",
+            mask_dilation=20,
+            defaults={"niter": 1000, "batch_norm": True},
+        ),
+    )
+}
+
+ACTIVATIONS = ("lrelu", "elu", "prelu", "selu")
+
+
+def mode_of(name: str) -> Mode:
+    try:
+        return MODES[name]
+    except KeyError:
+        raise UserError(
+            f"unknown --train_mode {name!r}; use one of: {', '.join(MODES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting that shapes the model and its training (reference flag spellings)."""
+
+    train_mode: str = "generation"
+    train_stages: int = 6
+    train_depth: int = 3
+    lr_scale: float = 0.1
+    niter: int = 2000
+    min_size: int = 25
+    max_size: int = 250
+    nfc: int = 64
+    num_layer: int = 3
+    ker_size: int = 3
+    noise_amp: float = 0.1
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    beta1: float = 0.5
+    gamma: float = 0.1
+    Gsteps: int = 3
+    Dsteps: int = 3
+    lambda_grad: float = 0.1
+    alpha: float = 10.0
+    activation: str = "lrelu"
+    lrelu_alpha: float = 0.05
+    batch_norm: bool = False
+    manualSeed: int = 0
+
+    @property
+    def mode(self) -> Mode:
+        return mode_of(self.train_mode)
+
+    @property
+    def stop_stage(self) -> int:
+        return self.train_stages - 1
+
+    @property
+    def pad(self) -> int:
+        """Pixels one unpadded convolution trims from each side."""
+        return (self.ker_size - 1) // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown config keys {sorted(unknown)}: the model file is from another version")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes).validated()
+
+    def validated(self) -> "Config":
+        mode_of(self.train_mode)
+        checks = [
+            (self.train_stages >= 2, "--train_stages must be at least 2"),
+            (self.train_depth >= 1, "--train_depth must be at least 1"),
+            (self.train_depth <= self.train_stages,
+             f"--train_depth {self.train_depth} is larger than --train_stages {self.train_stages}; "
+             "lower --train_depth or raise --train_stages"),
+            (self.min_size >= 1, "--min_size must be positive"),
+            (self.min_size <= self.max_size,
+             f"--min_size {self.min_size} is above --max_size {self.max_size}; "
+             "lower --min_size or raise --max_size"),
+            (self.niter >= 1, "--niter must be at least 1"),
+            (self.nfc >= 1, "--nfc must be at least 1"),
+            (self.num_layer >= 1, "--num_layer must be at least 1"),
+            (self.ker_size >= 1 and self.ker_size % 2 == 1, "--ker_size must be an odd number (paper: 3)"),
+            (self.Gsteps >= 1 and self.Dsteps >= 1, "--Gsteps and --Dsteps must be at least 1"),
+            (self.activation in ACTIVATIONS,
+             f"unknown --activation {self.activation!r}; use one of: {', '.join(ACTIVATIONS)}"),
+            (self.lr_g > 0 and self.lr_d > 0, "--lr_g and --lr_d must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+
+def make_config(train_mode: str = "generation", **given: Any) -> Config:
+    """Paper defaults, then the mode's defaults, then the values the user gave (None = not given)."""
+    mode = mode_of(train_mode)
+    values = {**mode.defaults, **{k: v for k, v in given.items() if v is not None}}
+    # As in the reference, a run without --manualSeed gets a random seed, recorded in the config.
+    values.setdefault("manualSeed", random.randint(1, 10000))
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(values) - names
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    return Config(train_mode=train_mode, **values).validated()

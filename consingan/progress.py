@@ -1,0 +1,92 @@
+"""Per-stage progress: a rich bar on a terminal, plain lines otherwise (logs, CI, pipes)."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Mapping
+
+
+def _fmt_losses(losses: Mapping[str, float] | None) -> str:
+    if not losses:
+        return ""
+    return " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+
+
+class PlainProgress:
+    """A line at the start of a stage, about ten lines during it, and one at its end."""
+
+    def __init__(self, stream=None, lines_per_stage: int = 10):
+        self.stream = stream or sys.stdout
+        self.lines = lines_per_stage
+
+    def start_stage(self, stage: int, num_stages: int, niter: int, start_iter: int = 0) -> None:
+        self.stage, self.num_stages, self.niter = stage, num_stages, niter
+        self.t0, self.first = time.perf_counter(), start_iter
+        self.every = max(1, niter // self.lines)
+        self.losses: Mapping[str, float] | None = None
+        print(f"stage {stage + 1}/{num_stages}: {niter} iterations", file=self.stream, flush=True)
+
+    def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None:
+        """``iteration`` counts completed iterations (1..niter)."""
+        if losses:
+            self.losses = losses
+        if iteration % self.every and iteration != self.niter:
+            return
+        elapsed = time.perf_counter() - self.t0
+        done = iteration - self.first
+        left = elapsed / done * (self.niter - iteration) if done else 0.0
+        print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} "
+              f"{_fmt_losses(self.losses)} elapsed {elapsed:.0f}s left {left:.0f}s",
+              file=self.stream, flush=True)
+
+    def end_stage(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """A live bar per stage: stage k/N, iteration, latest logged losses, time left."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]stage {task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("left"),
+            TimeRemainingColumn(),
+        )
+        self.progress.start()
+        self.task = None
+
+    def start_stage(self, stage: int, num_stages: int, niter: int, start_iter: int = 0) -> None:
+        self.task = self.progress.add_task("train", total=niter, completed=start_iter,
+                                           stage=f"{stage + 1}/{num_stages}", losses="")
+
+    def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None:
+        fields = {"losses": _fmt_losses(losses)} if losses else {}
+        self.progress.update(self.task, completed=iteration, **fields)
+
+    def end_stage(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class NoProgress:
+    def start_stage(self, *a, **k) -> None: ...
+    def update(self, *a, **k) -> None: ...
+    def end_stage(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_progress(kind: str = "auto"):
+    """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none"."""
+    if kind == "none":
+        return NoProgress()
+    if kind == "auto" and sys.stdout.isatty():
+        return RichProgress()
+    return PlainProgress()
