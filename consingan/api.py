@@ -24,7 +24,7 @@ from .image import from_numpy, read_image, save_image, stage_sizes, training_ima
 from .model import ConSinGAN
 from .model_file import MODEL_FILE, load_model, save_model
 from .progress import make_progress
-from .train import RunOptions
+from .train import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer
 from .train import train as _train_loop
 
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
@@ -85,15 +85,40 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
         readable = {**config.to_dict(), "input_name": Path(meta_input).as_posix(), "device": str(dev)}
         (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
-    stage0 = None
-    if config.mode.stage0_input != "noise":
-        from .augment import stage0_augmentation
-
-        stage0 = stage0_augmentation(config)
     model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out),
-                        progress=make_progress(progress), stage0_input=stage0)
+                        progress=make_progress(progress), stage0_input=stage0_input_for(config))
+    return _finish(model, out)
+
+
+def resume(out_dir: str | Path, device: str = "auto", progress: str = "none") -> ConSinGAN:
+    """Go on with an interrupted training run from ``out_dir/checkpoint.pt``."""
+    out = Path(out_dir)
+    if not (out / CHECKPOINT_FILE).exists():
+        if (out / MODEL_FILE).exists():
+            raise UserError(f"{out} holds a finished model and no checkpoint: nothing to resume")
+        raise UserError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
+                        "interrupted training run")
+    options = RunOptions(device=str(resolve_device(device)), out_dir=out)
+    from .model_file import read_record
+
+    config = Config.from_dict(read_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"])
+    trainer = Trainer.resume(out, options, make_progress(progress), stage0_input_for(config))
+    return _finish(trainer.fit(), out)
+
+
+def stage0_input_for(config: Config):
+    """The per-iteration stage-0 input of modes that train on an augmented image (else None)."""
+    if config.mode.stage0_input == "noise":
+        return None
+    from .augment import stage0_augmentation
+
+    return stage0_augmentation(config)
+
+
+def _finish(model: ConSinGAN, out: Path | None) -> ConSinGAN:
     if out is not None:
         save_model(model, out)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model replaces it
     return model
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,6 +14,7 @@ import typer
 
 from . import api
 from .errors import UserError
+from .train import TrainingStopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ConSinGAN: train on one image, then generate, retarget, harmonize, edit, animate.")
@@ -32,6 +34,18 @@ def opt(*names: str, help: str = "", **kw):
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def stopped_message(out: Path):
+    """Training that stopped early: say why and how to go on, exit non-zero."""
+    try:
+        yield
+    except TrainingStopped as stop:
+        typer.echo(f"error: {stop}", err=True)
+        if stop.checkpoint is not None and stop.checkpoint.exists():
+            typer.echo(f"Checkpoint saved in {out}. Resume with: python main_train.py --resume {out}", err=True)
+        raise typer.Exit(130 if stop.interrupted else 1)
 
 
 @app.command()
@@ -66,9 +80,16 @@ def train(
     not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
     out_dir: Annotated[Optional[str], opt("--out_dir", help="write the model exactly here")] = None,
     progress: Annotated[str, opt("--progress", help="auto|plain|none")] = "auto",
+    resume: Annotated[Optional[str], opt("--resume", help="go on with the interrupted run in this directory")] = None,
 ) -> None:
     """Train a model on one image."""
     try:
+        if resume:
+            out = Path(resume)
+            with stopped_message(out):
+                api.resume(out, device=str(api.resolve_device(device, gpu, not_cuda)), progress=progress)
+            typer.echo(f"Model saved to: {out}")
+            return
         if not input_name:
             raise UserError("no training image given; pass --input_name PATH")
         config = api.make_config(
@@ -80,7 +101,8 @@ def train(
         dev = api.resolve_device(device, gpu, not_cuda)
         image = api.read_image(input_name)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
-        api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name)
+        with stopped_message(out):
+            api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name)
     except UserError as e:
         fail(str(e))
     typer.echo(f"Model saved to: {out}")

@@ -1,6 +1,7 @@
 """The stage loop (METHOD 3): grow, set the noise amplitude, train the top stages, save, repeat.
 
-One loop serves every task mode; what differs between modes comes from ``config.mode``.
+One loop serves every task mode (what differs comes from ``config.mode``), fine-tuning (only the top
+stage trains) and resuming (the loop starts from a checkpoint's stage and iteration).
 """
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import Config
+from .errors import UserError
 from .image import grid, pyramid, save_image, training_image
 from .model import ConSinGAN
 from .networks import Discriminator, Generator
@@ -25,7 +27,22 @@ from .step import StageState, train_step
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
 IMAGES_EVERY = 500  # a sample and a reconstruction into the stage folder (METHOD 3)
+CHECKPOINT_EVERY = 250
 GRID_SAMPLES = 10
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "consingan-checkpoint"
+
+# stage0_input(real0) -> the stage-0 input of one iteration (harmonization/editing augmentation).
+Stage0Input = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TrainingStopped(Exception):
+    """Training stopped early (Ctrl-C or a non-finite loss); a checkpoint to resume from may exist."""
+
+    def __init__(self, message: str, checkpoint: Path | None, interrupted: bool = False):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.interrupted = interrupted
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class RunOptions:
     device: str = "cpu"
     out_dir: Path | None = None  # None: write nothing
     channels_last: bool = True  # same numbers, faster convolutions on CPU and GPU
+    checkpoint_every: int = CHECKPOINT_EVERY
 
 
 def seed_everything(seed: int) -> None:
@@ -43,13 +61,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def g_param_groups(G: Generator, config: Config, stage: int) -> list[dict]:
+def g_param_groups(G: Generator, config: Config, stage: int, only_top: bool = False) -> list[dict]:
     """Parameters trained at ``stage`` and their learning rates (METHOD 3); freezes the rest.
 
     The newest train_depth stages train with lr_g * lr_scale**(distance from the top); the head
     while stage < train_depth with lr_g * lr_scale**stage; the tail always with lr_g.
+    ``only_top`` (fine-tuning): the top stage alone, with lr_g.
     """
     G.requires_grad_(False)
+    if only_top:
+        G.body[-1].requires_grad_(True)
+        return [{"params": list(G.body[-1].parameters()), "lr": config.lr_g}]
     trained = list(G.body)[-config.train_depth:]
     groups = []
     for idx, block in enumerate(trained):
@@ -64,9 +86,10 @@ def g_param_groups(G: Generator, config: Config, stage: int) -> list[dict]:
     return groups
 
 
-def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int):
+def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int, only_top: bool = False):
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, 0.999))
-    opt_g = torch.optim.Adam(g_param_groups(G, config, stage), lr=config.lr_g, betas=(config.beta1, 0.999))
+    opt_g = torch.optim.Adam(g_param_groups(G, config, stage, only_top), lr=config.lr_g,
+                             betas=(config.beta1, 0.999))
     # (quirk) the milestone is the float 0.8*niter, as in the reference: when it is not a whole
     # number the learning rate never decays.
     milestones = [0.8 * config.niter]
@@ -78,7 +101,7 @@ def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int):
 @torch.no_grad()
 def noise_amplitude(G: Generator, config: Config, fixed: list, shapes: list, amps: list, real: torch.Tensor) -> float:
     """amp[k] = noise_amp * RMSE(reconstruction with amp[k] = 0, real_k) (METHOD 3)."""
-    rec = G(fixed, shapes, amps[:-1] + [0.0])
+    rec = G(fixed, shapes, list(amps[:-1]) + [0.0])
     return config.noise_amp * float(torch.sqrt(F.mse_loss(rec, real)))
 
 
@@ -92,9 +115,6 @@ class StageWriter:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.log = open(out_dir / "log.jsonl", "a", encoding="utf-8")
 
-    def folder(self, stage: int) -> Path:
-        return self.out_dir / str(stage)
-
     def log_losses(self, stage: int, iteration: int, losses: dict[str, float], lr_g: float) -> None:
         if self.log:
             self.log.write(json.dumps({"stage": stage, "iter": iteration, **losses, "lr_g": lr_g}) + "\n")
@@ -102,98 +122,252 @@ class StageWriter:
 
     def image(self, stage: int, name: str, image: torch.Tensor) -> None:
         if self.out_dir is not None:
-            save_image(image, self.folder(stage) / name)
+            save_image(image, self.out_dir / str(stage) / name)
 
     def close(self) -> None:
         if self.log:
             self.log.close()
 
 
-def train(image: torch.Tensor, config: Config, options: RunOptions = RunOptions(),
-          progress=None, stage0_input: Callable | None = None) -> ConSinGAN:
-    """Train a ConSinGAN on one image (1x3xHxW in [-1, 1], any size: resized to max_size).
+def _on_sigint(callback: Callable[[], None]) -> Callable[[], None]:
+    """Route Ctrl-C to ``callback`` (main thread only); returns the function that undoes it."""
+    import signal
+    import threading
 
-    ``stage0_input(real0, generator)`` gives the stage-0 input of each iteration for modes that
-    train on an augmented image (harmonization, editing); None: Gaussian noise.
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if getattr(handler, "fired", False):  # a second Ctrl-C: stop at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        handler.fired = True
+        callback()
+
+    signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """Runs stages ``first_stage..top`` of a model, one iteration after another.
+
+    Usage: ``Trainer(image, config, options).fit()``; ``Trainer.resume(dir)``; ``Trainer.for_fine_tune``.
     """
-    progress = progress or NoProgress()
-    device = torch.device(options.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(config.manualSeed)
-    fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-    real_full = training_image(image, config).to(device)
-    reals = [r.contiguous(memory_format=fmt) for r in pyramid(real_full, config)]
-    shapes = [tuple(r.shape[-2:]) for r in reals]
-    writer = StageWriter(options.out_dir)
 
-    G = Generator(config).to(device, memory_format=fmt)
-    D: Discriminator | None = None
-    fixed: list[torch.Tensor] = []
-    amps: list[float] = []
-    t_start = time.perf_counter()
-    try:
-        for k in range(len(reals)):
-            real = reals[k]
-            # A new D for each stage, starting from the previous stage's weights (METHOD 3).
-            D_new = Discriminator(config).to(device, memory_format=fmt)
-            if D is not None:
-                D_new.load_state_dict(D.state_dict())
-                G.grow()
-            D = D_new
-            fixed.append(fixed_noise(config, k, reals).contiguous(memory_format=fmt))
-            amps.append(1.0 if k == 0 else 0.0)
-            if k > 0:
-                amps[k] = noise_amplitude(G, config, fixed, shapes[:k + 1], amps, real)
-            opt_d, opt_g, sched_d, sched_g = make_optimizers(G, D, config, k)
-            state = StageState(config, G, D, opt_g, opt_d, real, list(shapes[:k + 1]), list(amps), fixed)
-            writer.image(k, "real.png", real)
-            G.train()
-            progress.start_stage(k, len(reals), config.niter)
-            for it in range(config.niter):
-                noise = random_noise(config, state.shapes, device,
-                                     stage0=stage0_input(reals[0], None) if stage0_input else None)
-                noise = [z.contiguous(memory_format=fmt) for z in noise]
-                gp_alphas = torch.rand(config.Dsteps, device=device)
-                losses = train_step(state, noise, gp_alphas)
+    def __init__(self, image: torch.Tensor, config: Config, options: RunOptions = RunOptions(),
+                 progress=None, stage0_input: Stage0Input | None = None):
+        self.config = config
+        self.options = options
+        self.progress = progress or NoProgress()
+        self.stage0_input = stage0_input
+        self.device = torch.device(options.device)
+        self.fmt = torch.channels_last if options.channels_last else torch.contiguous_format
+        self.real_full = training_image(image, config).to(self.device)
+        self.reals = [self._layout(r) for r in pyramid(self.real_full, config)]
+        self.shapes = [tuple(r.shape[-2:]) for r in self.reals]
+        self.G = Generator(config).to(self.device, memory_format=self.fmt)
+        self.D: Discriminator | None = None
+        self.fixed: list[torch.Tensor] = []
+        self.amps: list[float] = []
+        self.stage = 0  # the stage being trained
+        self.iteration = 0  # iterations of that stage completed
+        self.only_top = False
+        self.optim = None  # (opt_d, opt_g, sched_d, sched_g) of the current stage
+        self.train_seconds = 0.0
+        self.stage_ready = False  # True when begin_stage has run for self.stage
+
+    def _layout(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=self.fmt)
+
+    # --- stages -------------------------------------------------------------------------------
+    def begin_stage(self, k: int) -> None:
+        """Grow G, start D from the previous stage's D, draw the fixed noise, set amp[k] (METHOD 3)."""
+        c = self.config
+        D_new = Discriminator(c).to(self.device, memory_format=self.fmt)
+        if self.D is not None:
+            D_new.load_state_dict(self.D.state_dict())
+            self.G.grow()
+        self.D = D_new
+        self.fixed.append(self._layout(fixed_noise(c, k, self.reals)))
+        self.amps.append(1.0 if k == 0 else 0.0)
+        if k > 0:
+            self.amps[k] = noise_amplitude(self.G, c, self.fixed, self.shapes[:k + 1], self.amps, self.reals[k])
+        self.optim = make_optimizers(self.G, self.D, c, k, self.only_top)
+        self.stage, self.iteration, self.stage_ready = k, 0, True
+
+    def fit(self) -> ConSinGAN:
+        """Train (or go on training) up to the top stage and return the model.
+
+        Ctrl-C finishes the running iteration, writes a checkpoint and raises TrainingStopped.
+        """
+        writer = StageWriter(self.options.out_dir)
+        self.stop_requested = False
+        restore_sigint = _on_sigint(self._request_stop)
+        try:
+            for k in range(self.stage, len(self.reals)):
+                if not (self.stage_ready and self.stage == k):
+                    self.begin_stage(k)
+                self._run_stage(writer)
+                self.stage_ready = False
+                if k + 1 < len(self.reals):
+                    self.stage = k + 1
+                    self.save_checkpoint()
+        finally:
+            restore_sigint()
+            writer.close()
+            self.progress.close()
+        return self.model(final=True)
+
+    def _request_stop(self) -> None:
+        self.stop_requested = True
+
+    def _run_stage(self, writer: StageWriter) -> None:
+        c, k = self.config, self.stage
+        opt_d, opt_g, sched_d, sched_g = self.optim
+        state = StageState(c, self.G, self.D, opt_g, opt_d, self.reals[k], list(self.shapes[:k + 1]),
+                           list(self.amps), self.fixed)
+        if self.iteration == 0:
+            writer.image(k, "real.png", self.reals[k])
+        self.G.train()
+        self.progress.start_stage(k, len(self.reals), c.niter, self.iteration)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        t0 = time.perf_counter()
+        try:
+            while self.iteration < c.niter:
+                noise = random_noise(c, state.shapes, self.device,
+                                     stage0=self.stage0_input(self.reals[0]) if self.stage0_input else None)
+                gp_alphas = torch.rand(c.Dsteps, device=self.device)
+                losses = train_step(state, [self._layout(z) for z in noise], gp_alphas)
                 sched_d.step()
                 sched_g.step()
-                done = it + 1
+                self.iteration += 1
+                done = self.iteration
+                finite &= torch.isfinite(losses["loss_d"] + losses["loss_g"] + losses["loss_rec"])
                 logged = None
-                if done % LOG_EVERY == 0 or done == config.niter or it == 0:
-                    logged = {name: float(v) for name, v in losses.items()}  # the only host sync
+                if done % LOG_EVERY == 0 or done == c.niter or done == 1:
+                    logged = {name: float(v) for name, v in losses.items()}  # a host sync: only here
                     writer.log_losses(k, done, logged, opt_g.param_groups[0]["lr"])
-                if done % IMAGES_EVERY == 0 or done == config.niter:
-                    writer.image(k, f"fake_iter_{done}.png", _sample(G, config, state, device))
-                    writer.image(k, f"reconstruction_iter_{done}.png", _reconstruct(G, state))
-                progress.update(done, logged)
-            progress.end_stage()
-            model = ConSinGAN(config, G, list(fixed), list(amps), list(shapes[:k + 1]), real_full,
-                              D_state=D.state_dict(), meta={})
-            if options.out_dir is not None:
-                _write_stage_summary(writer, k, model)
-    finally:
-        writer.close()
-        progress.close()
-    model = ConSinGAN(config, G, fixed, amps, shapes, real_full, D_state=D.state_dict(),
-                      meta={"train_seconds": round(time.perf_counter() - t_start, 3), "device": str(device)})
-    G.eval()
-    return model
+                if done % self.options.checkpoint_every == 0 or done == c.niter or logged:
+                    if not bool(finite):
+                        raise TrainingStopped(
+                            f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
+                            "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
+                if done % IMAGES_EVERY == 0 or done == c.niter:
+                    writer.image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
+                    writer.image(k, f"reconstruction_iter_{done}.png", self._reconstruction(state))
+                if done % self.options.checkpoint_every == 0 and done < c.niter:
+                    self.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_checkpoint()
+                self.progress.update(done, logged)
+                if self.stop_requested:
+                    self.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    path = self.save_checkpoint()
+                    raise TrainingStopped(f"interrupted at stage {k}, iteration {done}", path, interrupted=True)
+        finally:
+            self.train_seconds += time.perf_counter() - t0
+        self.progress.end_stage()
+        if self.options.out_dir is not None:
+            model = self.model()
+            samples = model.sample(GRID_SAMPLES, seed=k)  # a local generator: training's RNG is untouched
+            writer.image(k, "reconstruction.png", model.reconstruct())
+            writer.image(k, "samples_grid.png", grid(samples, columns=5))
+            self.G.train()
+
+    @torch.no_grad()
+    def _sample_image(self, state: StageState, iteration: int) -> torch.Tensor:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(iteration)  # a local generator: training's RNG is untouched
+        return self.G(random_noise(self.config, state.shapes, self.device, g), state.shapes, state.amps)
+
+    @torch.no_grad()
+    def _reconstruction(self, state: StageState) -> torch.Tensor:
+        return self.G(state.fixed, state.shapes, state.amps)
+
+    def model(self, final: bool = False) -> ConSinGAN:
+        n = len(self.amps)
+        meta = {"train_seconds": round(self.train_seconds, 3), "device": str(self.device)} if final else {}
+        return ConSinGAN(self.config, self.G, list(self.fixed), list(self.amps), list(self.shapes[:n]),
+                         self.real_full, D_state=self.D.state_dict(), meta=meta)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path | None:
+        return None if self.options.out_dir is None else self.options.out_dir / CHECKPOINT_FILE
+
+    def save_checkpoint(self) -> Path | None:
+        """Everything needed to go on exactly where training is now, written atomically."""
+        from .model_file import atomic_save, to_record
+
+        path = self.checkpoint_path()
+        if path is None:
+            return None
+        record = to_record(self.model())
+        record["format"] = CHECKPOINT_FORMAT
+        opt_d, opt_g, sched_d, sched_g = self.optim
+        without_milestones = lambda s: {k: v for k, v in s.state_dict().items() if k != "milestones"}  # noqa: E731
+        record["train"] = {
+            "stage": self.stage, "iteration": self.iteration, "stage_ready": self.stage_ready,
+            "only_top": self.only_top, "train_seconds": self.train_seconds,
+            "opt_d": opt_d.state_dict(), "opt_g": opt_g.state_dict(),
+            "sched_d": without_milestones(sched_d), "sched_g": without_milestones(sched_g),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        atomic_save(record, path)
+        return path
+
+    @classmethod
+    def resume(cls, out_dir: Path, options: RunOptions, progress=None,
+               stage0_input: Stage0Input | None = None) -> "Trainer":
+        """A trainer in the state of ``out_dir/checkpoint.pt``."""
+        from .model_file import from_record, read_record
+
+        record = read_record(Path(out_dir) / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)
+        model = from_record(record, device="cpu", path=Path(out_dir) / CHECKPOINT_FILE)
+        t = record["train"]
+        trainer = cls.from_model(model, options, progress, stage0_input)
+        trainer.stage, trainer.iteration = int(t["stage"]), int(t["iteration"])
+        trainer.stage_ready, trainer.only_top = bool(t["stage_ready"]), bool(t["only_top"])
+        trainer.train_seconds = float(t["train_seconds"])
+        if trainer.stage_ready:
+            trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage, trainer.only_top)
+            opt_d, opt_g, sched_d, sched_g = trainer.optim
+            opt_d.load_state_dict(t["opt_d"])
+            opt_g.load_state_dict(t["opt_g"])
+            sched_d.load_state_dict({**t["sched_d"], "milestones": sched_d.milestones})
+            sched_g.load_state_dict({**t["sched_g"], "milestones": sched_g.milestones})
+        torch.set_rng_state(t["rng_cpu"])
+        if trainer.device.type == "cuda" and t.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(t["rng_cuda"], trainer.device)
+        return trainer
+
+    @classmethod
+    def from_model(cls, model: ConSinGAN, options: RunOptions, progress=None,
+                   stage0_input: Stage0Input | None = None) -> "Trainer":
+        """A trainer holding a (partly) trained model's networks and noise."""
+        trainer = cls(model.real, model.config, options, progress, stage0_input)
+        n = len(model.amps)
+        G = Generator(model.config)
+        for _ in range(n - 1):
+            G.grow()
+        G.load_state_dict(model.G.state_dict())
+        trainer.G = G.to(trainer.device, memory_format=trainer.fmt)
+        trainer.D = Discriminator(model.config).to(trainer.device, memory_format=trainer.fmt)
+        if model.D_state is None:
+            raise UserError("the model holds no discriminator weights, so it cannot be trained further")
+        trainer.D.load_state_dict(model.D_state)
+        trainer.fixed = [trainer._layout(z.to(trainer.device)) for z in model.fixed]
+        trainer.amps = list(model.amps)
+        trainer.stage = n - 1
+        return trainer
 
 
-@torch.no_grad()
-def _sample(G, config, state, device) -> torch.Tensor:
-    return G(random_noise(config, state.shapes, device), state.shapes, state.amps)
-
-
-@torch.no_grad()
-def _reconstruct(G, state) -> torch.Tensor:
-    return G(state.fixed, state.shapes, state.amps)
-
-
-def _write_stage_summary(writer: StageWriter, stage: int, model: ConSinGAN) -> None:
-    """The stage's final reconstruction and a grid of samples."""
-    samples = model.sample(GRID_SAMPLES, seed=stage)  # a local generator: training's RNG is untouched
-    writer.image(stage, "reconstruction.png", model.reconstruct())
-    writer.image(stage, "samples_grid.png", grid(samples, columns=5))
-    model.G.train()
+def train(image: torch.Tensor, config: Config, options: RunOptions = RunOptions(), progress=None,
+          stage0_input: Stage0Input | None = None) -> ConSinGAN:
+    """Train a ConSinGAN on one image (1x3xHxW in [-1, 1], any size: resized to max_size)."""
+    if torch.device(options.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(config.manualSeed)
+    return Trainer(image, config, options, progress, stage0_input).fit()

@@ -1,0 +1,66 @@
+import math
+
+import pytest
+import torch
+
+from consingan.config import make_config
+from consingan.errors import UserError
+from consingan.image import pyramid, stage_sizes, training_image
+
+
+def test_dense_pyramid_matches_method_example():
+    # METHOD 1: a 250x167 image with paper defaults.
+    sizes = stage_sizes(167, 250, make_config("generation"))
+    assert sizes == [(25, 38), (31, 47), (41, 61), (60, 89), (115, 171), (167, 250)]
+
+
+@pytest.mark.parametrize("mode", ["generation", "retarget", "animation", "editing"])
+def test_every_non_harmonization_mode_uses_the_dense_pyramid(mode):
+    c = make_config(mode, min_size=25, train_stages=6)
+    assert stage_sizes(167, 250, c) == [(25, 38), (31, 47), (41, 61), (60, 89), (115, 171), (167, 250)]
+
+
+def test_geometric_pyramid_for_harmonization():
+    c = make_config("harmonization", train_stages=6, min_size=25)
+    sizes = stage_sizes(167, 250, c)
+    f = (25 / 167) ** (1 / 5)
+    expected = [(math.ceil(167 * f ** (5 - i)), math.ceil(250 * f ** (5 - i))) for i in range(5)] + [(167, 250)]
+    assert sizes == expected
+    assert sizes[0] == (25, 38)
+    # geometric: consecutive ratios are equal (up to rounding)
+    ratios = [sizes[i + 1][1] / sizes[i][1] for i in range(4)]
+    assert max(ratios) - min(ratios) < 0.05
+
+
+def test_harmonization_defaults_give_three_stages():
+    c = make_config("harmonization")
+    assert (c.train_stages, c.min_size, c.niter, c.batch_norm, c.lrelu_alpha) == (3, 120, 1000, True, 0.3)
+    assert len(stage_sizes(167, 250, c)) == 3
+
+
+def test_user_value_beats_mode_default():
+    assert make_config("harmonization", niter=5).niter == 5
+    assert make_config("animation").min_size == 20
+    assert make_config("animation", min_size=30).min_size == 30
+
+
+def test_training_image_is_resized_to_max_size_never_enlarged():
+    c = make_config("generation")
+    big = torch.zeros(1, 3, 334, 500)
+    assert training_image(big, c).shape[-2:] == (167, 250)
+    small = torch.zeros(1, 3, 100, 120)
+    assert training_image(small, c).shape[-2:] == (100, 120)
+
+
+def test_pyramid_images_have_stage_sizes_and_range():
+    c = make_config("generation", train_stages=4, min_size=10)
+    real = torch.rand(1, 3, 40, 60) * 2 - 1
+    reals = pyramid(real, c)
+    assert [tuple(r.shape[-2:]) for r in reals] == stage_sizes(40, 60, c)
+    assert all(r.min() >= -1 and r.max() <= 1 for r in reals)
+    assert torch.equal(reals[-1], real)
+
+
+def test_image_smaller_than_min_size_is_a_user_error():
+    with pytest.raises(UserError, match="min_size"):
+        stage_sizes(20, 30, make_config("generation", min_size=25))

@@ -1,0 +1,156 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from consingan.config import make_config
+from consingan.networks import Discriminator, Generator
+from consingan.step import StageState, plain_step, train_step
+from consingan.train import RunOptions, Trainer, g_param_groups, make_optimizers
+
+
+def grown(config, n):
+    G = Generator(config)
+    for _ in range(n - 1):
+        G.grow()
+    return G
+
+
+def ids(module):
+    return {id(p) for p in module.parameters()}
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
+def test_trained_parameters_and_learning_rates(stage):
+    c = make_config("generation", nfc=4, train_stages=5, lr_g=1e-3, lr_scale=0.1, train_depth=3)
+    G = grown(c, stage + 1)
+    groups = g_param_groups(G, c, stage)
+    lr_of = {}
+    for g in groups:
+        for p in g["params"]:
+            lr_of[id(p)] = g["lr"]
+    # the newest three stages: lr_g, lr_g*0.1, lr_g*0.01 from the top down
+    for dist in range(min(3, stage + 1)):
+        block = G.body[stage - dist]
+        assert all(lr_of[i] == pytest.approx(1e-3 * 0.1 ** dist) for i in ids(block))
+        assert all(p.requires_grad for p in block.parameters())
+    # older stages are frozen and not in the optimizer
+    for k in range(0, stage - 2):
+        assert not ids(G.body[k]) & set(lr_of)
+        assert not any(p.requires_grad for p in G.body[k].parameters())
+    # head while stage < train_depth, with lr_g * lr_scale**stage
+    if stage < 3:
+        assert all(lr_of[i] == pytest.approx(1e-3 * 0.1 ** stage) for i in ids(G.head))
+    else:
+        assert not ids(G.head) & set(lr_of)
+        assert not any(p.requires_grad for p in G.head.parameters())
+    # tail always with lr_g
+    assert all(lr_of[i] == pytest.approx(1e-3) for i in ids(G.tail))
+
+
+def test_fine_tune_groups_hold_only_the_top_stage():
+    c = make_config("harmonization", nfc=4)
+    G = grown(c, 3)
+    groups = g_param_groups(G, c, 2, only_top=True)
+    assert {id(p) for g in groups for p in g["params"]} == ids(G.body[2])
+
+
+def test_scheduler_decays_at_eighty_percent():
+    c = make_config("generation", nfc=4, niter=10)
+    G = grown(c, 1)
+    opt_d, opt_g, sd, sg = make_optimizers(G, Discriminator(c), c, 0)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt_d.param_groups[0]["lr"])
+        opt_d.step(), opt_g.step(), sd.step(), sg.step()
+    assert lrs[7] == pytest.approx(5e-4) and lrs[8] == pytest.approx(5e-5)
+
+
+def test_noise_amplitude_follows_rmse_rule():
+    torch.manual_seed(0)
+    c = make_config("generation", nfc=4, train_stages=3, min_size=12, max_size=40, noise_amp=0.1)
+    image = torch.rand(1, 3, 30, 40) * 2 - 1
+    t = Trainer(image, c, RunOptions(channels_last=False))
+    t.begin_stage(0)
+    t.begin_stage(1)
+    assert t.amps[0] == 1.0
+    with torch.no_grad():
+        rec = t.G(t.fixed, t.shapes[:2], [1.0, 0.0])
+    expected = 0.1 * torch.sqrt(((rec - t.reals[1]) ** 2).mean()).item()
+    assert t.amps[1] == pytest.approx(expected, rel=1e-6)
+    assert t.amps[1] > 0
+
+
+def _stage_state(mode, seed=0, **kw):
+    torch.manual_seed(seed)
+    c = make_config(mode, nfc=8, train_stages=3, min_size=12, max_size=40, niter=10, manualSeed=seed, **kw)
+    t = Trainer(torch.rand(1, 3, 30, 40) * 2 - 1, c, RunOptions(channels_last=False))
+    for k in range(3):
+        t.begin_stage(k)
+    opt_d, opt_g, _, _ = t.optim
+    return StageState(c, t.G, t.D, opt_g, opt_d, t.reals[2], list(t.shapes), list(t.amps), t.fixed), t
+
+
+def _clone_state(s):
+    G, D = copy.deepcopy(s.G), copy.deepcopy(s.D)
+    opt_d, opt_g, _, _ = make_optimizers(G, D, s.config, 2)
+    return StageState(s.config, G, D, opt_g, opt_d, s.real, s.shapes, s.amps, s.fixed)
+
+
+@pytest.fixture
+def float64():
+    # In float32, Adam divides each gradient by its own magnitude, so rounding-level differences in
+    # gradients near zero grow to ~1e-4 relative after a step, for any two orders of summation
+    # (batched or not, other thread counts). In float64 rounding stays far below the tolerance, and
+    # any real difference in the computation still shows.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def _max_rel_diff(a, b):
+    return max(((p - q).abs().max() / p.abs().max().clamp_min(1e-12)).item()
+               for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["generation", "retarget", "harmonization", "editing"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_train_step_equals_plain_computation(mode, channels_last, float64):
+    """Iterations of the project's step and of the straightforward one from the same state and seeds."""
+    from consingan.noise import random_noise
+
+    a, t = _stage_state(mode)
+    b = _clone_state(a)
+    before = copy.deepcopy(a.G)
+    if channels_last:
+        fmt = torch.channels_last
+        b.G.to(memory_format=fmt)
+        b.D.to(memory_format=fmt)
+        b = StageState(b.config, b.G, b.D, b.opt_g, b.opt_d, b.real.contiguous(memory_format=fmt),
+                       b.shapes, b.amps, [z.contiguous(memory_format=fmt) for z in b.fixed])
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        noise = random_noise(a.config, a.shapes, "cpu", gen)
+        alphas = torch.rand(3, generator=gen)
+        la = plain_step(a, noise, alphas)
+        lb = train_step(b, noise, alphas)
+        for name in la:
+            assert torch.allclose(la[name], lb[name], rtol=1e-5, atol=1e-8), name
+    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
+        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-8), n
+    # the comparison is not vacuous: training moved the weights by far more than the tolerance
+    assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
+
+
+def test_step_changes_weights():
+    s, _ = _stage_state("generation")
+    before = [p.clone() for p in s.G.body[-1].parameters()] + [s.D.tail.weight.clone()]
+    from consingan.noise import random_noise
+
+    train_step(s, random_noise(s.config, s.shapes, "cpu"), torch.rand(3))
+    after = list(s.G.body[-1].parameters()) + [s.D.tail.weight]
+    assert all(not torch.equal(x, y) for x, y in zip(before, after))
+    assert torch.equal(s.G.body[0][0][0].weight, s.G.body[0][0][0].weight)
