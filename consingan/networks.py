@@ -63,6 +63,36 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.body(self.head(x)))
 
+    def input_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """d sum(D(x)) / dx, as a graph that is differentiable with respect to D's weights.
+
+        The same numbers as ``autograd.grad(D(x).sum(), x, create_graph=True)``, computed the way the
+        gradient penalty needs them: the leaky-ReLU slopes (1 or lrelu_alpha) are constant masks, so
+        the forward pass runs without a graph, and the backward pass is a chain of transposed
+        convolutions. Differentiating that chain uses PyTorch's efficient weight-gradient kernels;
+        the generic double backward of a convolution instead runs convolutions with image-sized
+        kernels on the CPU, and back-propagates zeros through the forward pass.
+        """
+        blocks = [self.head, *self.body]
+        acts = [b[-1] for b in blocks]
+        if not all(type(a) is nn.LeakyReLU for a in acts):  # other activations: the generic way
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self(x).sum(), x, create_graph=True)
+            return grad
+        masks = []
+        with torch.no_grad():
+            h = x
+            for block in blocks:
+                z = block[0](h)
+                masks.append(z > 0)
+                h = block[-1](z)
+            out_shape = self.tail(h).shape
+        g = F.conv_transpose2d(torch.ones(out_shape, device=x.device, dtype=x.dtype), self.tail.weight)
+        for block, act, mask in zip(reversed(blocks), reversed(acts), reversed(masks)):
+            g = torch.where(mask, g, g * act.negative_slope)  # leaky_relu's derivative, as torch computes it
+            g = F.conv_transpose2d(g, block[0].weight)
+        return g
+
 
 class Generator(nn.Module):
     """One network that grows by a stage of num_layer ConvBlocks at a time and passes features upward.

@@ -58,12 +58,10 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
     # Dmain + Dreg, Dsteps times. D has no normalisation, so one call on the concatenated
     # real/fake batch gives the same scores as two calls.
     for j in range(c.Dsteps):
-        x_hat = _mix(s.real, fake_d, gp_alphas[j]).requires_grad_(True)
         scores = D(torch.cat([s.real, fake_d]))
         loss_real = -scores[0:1].mean()
         loss_fake = scores[1:2].mean()
-        (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
-        gp = _penalty(grad, c.lambda_grad)
+        gp = _penalty(D.input_gradient(_mix(s.real, fake_d, gp_alphas[j])), c.lambda_grad)
         loss_d = loss_real + loss_fake + gp
         s.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

@@ -145,6 +145,26 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
     assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
 
 
+@pytest.mark.parametrize("activation", ["lrelu", "elu"])
+def test_discriminator_input_gradient_equals_autograd(activation, float64):
+    torch.manual_seed(0)
+    c = make_config("generation", nfc=8, activation=activation, lrelu_alpha=0.2)
+    D1 = Discriminator(c)
+    D2 = copy.deepcopy(D1)
+    x = torch.randn(2, 3, 24, 30)
+    xr = x.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(D1(xr).sum(), xr, create_graph=True)
+    g2 = D2.input_gradient(x)
+    assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-12)
+    (g1 ** 2).sum().backward()
+    (g2 ** 2).sum().backward()
+    for (n, p), q in zip(D1.named_parameters(), D2.parameters()):
+        a = p.grad if p.grad is not None else torch.zeros_like(p)
+        b = q.grad if q.grad is not None else torch.zeros_like(q)
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12), n
+    assert D1.body[0][0].weight.grad.abs().max() > 0
+
+
 def test_step_changes_weights():
     s, _ = _stage_state("generation")
     before = [p.clone() for p in s.G.body[-1].parameters()] + [s.D.tail.weight.clone()]
