@@ -114,16 +114,25 @@ def count_flops(step, state: StageState, device: torch.device, fmt) -> float:
 
 def bench_stage(config, stage: int, device, iters: int, warmup: int, plain: bool = True) -> dict:
     base, trainer = build_state(config, stage, device, channels_last=False)
-    fast_fmt = trainer.fmt if device.type == "cpu" else torch.channels_last
-    fast_fmt = torch.channels_last
+    fast_fmt = trainer.fmt if trainer.options.channels_last else torch.contiguous_format
     result = {"stage": stage, "size": base.shapes[-1]}
     if plain:
         a = clone_state(base, stage, torch.contiguous_format)
         result["a"] = time_steps(plain_step, a, iters, warmup, device, torch.contiguous_format)
+        del a
     b = clone_state(base, stage, fast_fmt)
     result["b"] = time_steps(train_step, b, iters, warmup, device, fast_fmt)
     result["flops_b"] = count_flops(train_step, clone_state(base, stage, fast_fmt), device, fast_fmt)
     return result
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory (CUDA), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -134,6 +143,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--max_size", type=int, default=250)
+    ap.add_argument("--only_b", action="store_true",
+                    help="time only (b) (for its peak memory; the speedup line is then omitted)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,9 +167,13 @@ def main() -> None:
         print(f"speedup {total_a / total_b:.2f}")
         return
     stage = config.train_stages - 1 if args.stage == "top" else int(args.stage)
-    r = bench_stage(config, stage, device, args.iters, args.warmup)
+    r = bench_stage(config, stage, device, args.iters, args.warmup, plain=not args.only_b)
     gflops = r["flops_b"] / r["b"] / 1e9
     print(f"stage {stage} ({r['size'][0]}x{r['size'][1]}), {args.iters} iterations each after {args.warmup} warm-up")
+    print(f"peak memory {peak_memory_mib(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'process RSS'})")
+    if args.only_b:
+        print(f"(b) consingan: {r['b']:.3f} s/iter, {gflops:.1f} GFLOP/s")
+        return
     print(f"(a) straightforward: {r['a']:.3f} s/iter")
     print(f"(b) consingan:       {r['b']:.3f} s/iter")
     print(f"(b) achieved {gflops:.1f} GFLOP/s ({r['flops_b'] / 1e9:.1f} GFLOP per iteration)")

@@ -4,6 +4,7 @@
     model = consingan.train("Images/Generation/rocket.png", niter=500, out_dir="runs/rocket")
     images = model.sample(8, scale_w=2.0, seed=0)
 """
+from .animate import Walk, animate, write_animations
 from .api import as_image, load, train, write_samples
 from .config import Config, make_config
 from .errors import UserError
@@ -12,4 +13,4 @@ from .model import ConSinGAN
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConSinGAN", "UserError", "as_image", "load", "make_config", "read_image",
-           "save_image", "train", "write_samples", "__version__"]
+           "save_image", "train", "write_samples", "Walk", "animate", "write_animations", "__version__"]

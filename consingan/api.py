@@ -17,14 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
 from .config import Config, make_config
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
+from . import harmonize as _harmonize
+from .harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
 from .image import from_numpy, read_image, save_image, stage_sizes, training_image
 from .model import ConSinGAN
 from .model_file import MODEL_FILE, load_model, save_model
 from .progress import make_progress
-from .train import CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer
+from .train import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer
 from .train import train as _train_loop
 
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
@@ -62,9 +65,10 @@ def check_new_dir(path: Path, what: str = "--out_dir") -> None:
 
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
           device: str = "auto", progress: str = "none", input_name: str | None = None,
-          **settings: Any) -> ConSinGAN:
+          checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, **settings: Any) -> ConSinGAN:
     """Train a model on one image. ``settings`` are Config fields (e.g. ``niter=500``) when no
-    ``config`` is given; ``train_mode`` picks the mode and its defaults.
+    ``config`` is given; ``train_mode`` picks the mode and its defaults. ``naive`` (harmonization,
+    editing): an image whose result is written into every stage folder (not used for training).
 
     With ``out_dir``, the full model directory is written there (model.pt, config.json, log.jsonl,
     one folder per stage); the directory must not exist or be empty.
@@ -77,6 +81,12 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     # Fail on a too-small image before anything is written.
     trained = training_image(real, config)
     stage_sizes(trained.shape[-2], trained.shape[-1], config)
+    preview = None
+    if naive is not None:
+        _harmonize.require_naive_mode(config)
+        naive_img = as_image(naive, "naive image")
+        _harmonize.check_aspect(naive_img, trained)
+        preview = _harmonize.stage_preview(naive_img)
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -84,13 +94,17 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         out.mkdir(parents=True, exist_ok=True)
         meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
         readable = {**config.to_dict(), "input_name": Path(meta_input).as_posix(), "device": str(dev)}
+        if isinstance(naive, (str, os.PathLike)):  # so that a resumed run writes the previews too
+            readable[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
         (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
-    model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out),
+    model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
+                                                 preview=preview),
                         progress=make_progress(progress), stage0_input=stage0_input_for(config))
     return _finish(model, out)
 
 
-def resume(out_dir: str | Path, device: str = "auto", progress: str = "none") -> ConSinGAN:
+def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
+           checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
     """Go on with an interrupted training run from ``out_dir/checkpoint.pt``."""
     out = Path(out_dir)
     if not (out / CHECKPOINT_FILE).exists():
@@ -98,11 +112,48 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none") ->
             raise UserError(f"{out} holds a finished model and no checkpoint: nothing to resume")
         raise UserError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
                         "interrupted training run")
-    options = RunOptions(device=str(resolve_device(device)), out_dir=out)
+    options = RunOptions(device=str(resolve_device(device)), out_dir=out, checkpoint_every=checkpoint_every)
     from .model_file import read_record
 
     config = Config.from_dict(read_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"])
-    trainer = Trainer.resume(out, options, make_progress(progress), stage0_input_for(config))
+    options, stage0_input = _harmonize.resume_hooks(out, config, options, stage0_input_for(config))
+    trainer = Trainer.resume(out, options, make_progress(progress), stage0_input)
+    return _finish(trainer.fit(), out)
+
+
+def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, manualSeed: int | None = None,
+              out_dir: str | Path | None = None, device: str = "auto", progress: str = "none",
+              train_mode: str | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
+    """Fine-tune a harmonization or editing model on a naive image (METHOD 4): only the top stage
+    trains, ``niter`` iterations (default: the model's), with the naive image as stage-0 input.
+
+    Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
+    touched. ``train_mode``, when given, must be the model's.
+    """
+    from .train import seed_everything
+
+    model = load_model(model_dir)
+    _harmonize.require_naive_mode(model.config, "--fine_tune")
+    if train_mode is not None and train_mode != model.config.train_mode:
+        raise UserError(f"--train_mode {train_mode} does not match the model, which was trained with "
+                        f"--train_mode {model.config.train_mode}; leave --train_mode out or pass that mode")
+    given = {"niter": niter, "manualSeed": manualSeed}
+    model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
+    naive_img = as_image(naive, "naive image")
+    _harmonize.check_aspect(naive_img, model.real)
+    out = Path(out_dir) if out_dir is not None else _harmonize.fine_tune_dir(model_dir)
+    check_new_dir(out)
+    dev = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    readable = {**model.config.to_dict(), "input_name": _harmonize.run_info(model_dir).get("input_name"),
+                _harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix(), "device": str(dev)}
+    if isinstance(naive, (str, os.PathLike)):  # resume reads it back from here
+        readable[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
+    (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
+    seed_everything(model.config.manualSeed)
+    options = RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
+                         preview=_harmonize.stage_preview(naive_img))
+    trainer = _harmonize.fine_tune_trainer(model, naive_img, options, make_progress(progress))
     return _finish(trainer.fit(), out)
 
 
@@ -154,5 +205,27 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
     return folder
 
 
-__all__ = ["ConSinGAN", "Config", "make_config", "train", "load", "write_samples", "save_image",
-           "read_image", "MODEL_FILE"]
+METRICS_FILE = "metrics.json"
+
+
+def write_metrics(model: ConSinGAN, out: str | Path, num_samples: int = 50, seed: int = 0,
+                  naive: Any = None) -> tuple[Path, dict[str, Any]]:
+    """The evaluate command's output: ``out/metrics.json`` (see consingan.metrics). ``naive`` (a path,
+    array or tensor; harmonization/editing models) is judged through its harmonized result. Returns
+    the file's path and the metrics. An existing metrics.json is an error, found before any work."""
+    from .metrics import evaluate
+
+    path = Path(out) / METRICS_FILE
+    if path.exists():
+        raise UserError(f"{path} already exists; pass --out DIR to write the metrics elsewhere "
+                        "(nothing was overwritten)")
+    naive_img = None if naive is None else as_image(naive, "naive image")
+    metrics = evaluate(model, num_samples=num_samples, seed=seed, naive=naive_img)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: a non-finite metric is a bug to see, not a file other tools cannot parse.
+    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path, metrics
+
+
+__all__ = ["ConSinGAN", "Config", "make_config", "train", "load", "write_samples", "write_metrics", "save_image",
+           "read_image", "MODEL_FILE", "Walk", "animate", "reference_walks", "write_animations"]

@@ -2,6 +2,7 @@
 
     consingan train --train_mode generation --input_name Images/Generation/rocket.png
     consingan generate --model_dir TrainedModels/rocket/<run> --num_samples 20 --scale_w 2
+    consingan evaluate --model_dir TrainedModels/rocket/<run> --num_samples 50 --seed 0
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def stopped_message(out: Path):
 
 @app.command()
 def train(
+    ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
@@ -81,13 +83,30 @@ def train(
     out_dir: Annotated[Optional[str], opt("--out_dir", help="write the model exactly here")] = None,
     progress: Annotated[str, opt("--progress", help="auto|plain|none")] = "auto",
     resume: Annotated[Optional[str], opt("--resume", help="go on with the interrupted run in this directory")] = None,
+    checkpoint_every: Annotated[int, opt("--checkpoint_every", help="iterations between checkpoints [250]", min=1)] = 250,
+    naive_img: Annotated[Optional[str], opt("--naive_img", help="harmonization/editing: a naive image; its result "
+                                            "is written per stage (with --fine_tune: trained on)")] = None,
+    fine_tune: Annotated[bool, opt("--fine_tune", help="train only the top stage of --model_dir on --naive_img "
+                                   "(writes a new model)")] = False,
+    model_dir: Annotated[Optional[str], opt("--model_dir", help="the model to fine-tune")] = None,
 ) -> None:
-    """Train a model on one image."""
+    """Train a model on one image, or fine-tune a harmonization/editing model on a naive image.
+
+        python main_train.py --train_mode harmonization --input_name BG.png --naive_img NAIVE.png
+        python main_train.py --train_mode harmonization --naive_img NAIVE.png --fine_tune --model_dir M --niter 500
+    """
     try:
         if resume:
             out = Path(resume)
             with stopped_message(out):
-                api.resume(out, device=str(api.resolve_device(device, gpu, not_cuda)), progress=progress)
+                api.resume(out, device=str(api.resolve_device(device, gpu, not_cuda)), progress=progress,
+                           checkpoint_every=checkpoint_every)
+            typer.echo(f"Model saved to: {out}")
+            return
+        print_warnings()
+        if fine_tune or model_dir:
+            out = fine_tune_command(ctx, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
+                                    str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every)
             typer.echo(f"Model saved to: {out}")
             return
         if not input_name:
@@ -102,10 +121,56 @@ def train(
         image = api.read_image(input_name)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
         with stopped_message(out):
-            api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name)
+            api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
+                      checkpoint_every=checkpoint_every, naive=naive_img)
     except UserError as e:
         fail(str(e))
     typer.echo(f"Model saved to: {out}")
+
+
+# Flags a fine-tuning run takes; the model's other settings cannot change.
+FINE_TUNE_FLAGS = {"input_name", "train_mode", "niter", "manualSeed", "device", "gpu", "not_cuda", "out_dir",
+                   "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir"}
+
+
+def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
+                      device, progress, checkpoint_every) -> Path:
+    """train --fine_tune: check the flags, then api.fine_tune. Returns the new model directory."""
+    if not fine_tune:
+        raise UserError("--model_dir is for fine-tuning; add --fine_tune --naive_img NAIVE (or leave --model_dir out)")
+    if not model_dir or not naive_img:
+        raise UserError("--fine_tune needs --model_dir M (a harmonization or editing model) and --naive_img NAIVE")
+    given = [p for p in ctx.command.params
+             if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+    fixed = [p.opts[0] for p in given if p.name not in FINE_TUNE_FLAGS]
+    if fixed:
+        raise UserError(f"{', '.join(fixed)} cannot change when fine-tuning (the model's settings are kept); "
+                        "only --niter and --manualSeed can")
+    mode_given = any(p.name == "train_mode" for p in given)
+    out = Path(out_dir) if out_dir else api.fine_tune_dir(model_dir)
+    with stopped_message(out):
+        api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
+                      progress=progress, train_mode=train_mode if mode_given else None,
+                      checkpoint_every=checkpoint_every)
+    return out
+
+
+def print_warnings() -> None:
+    """Library warnings (ConSinGANWarning) as one ``warning: ...`` line each on stderr."""
+    import warnings
+
+    from .errors import ConSinGANWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConSinGANWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.simplefilter("always", ConSinGANWarning)
+    warnings.showwarning = show
 
 
 @app.command()
@@ -115,12 +180,31 @@ def generate(
     scale_h: Annotated[float, opt("--scale_h", help="output height factor")] = 1.0,
     scale_w: Annotated[float, opt("--scale_w", help="output width factor")] = 1.0,
     seed: Annotated[Optional[int], opt("--seed", help="random seed of the samples")] = None,
-    out: Annotated[Optional[str], opt("--out", help="output folder [MODEL_DIR/Evaluation]")] = None,
+    start_scale: Annotated[Optional[int], opt("--start_scale", help="stages below it keep the fixed noise (the "
+                                              "layout) [0; animation: 0, 1 and 2]")] = None,
+    alpha: Annotated[Optional[float], opt("--alpha", help="animation: pull towards the fixed noise [0.1]")] = None,
+    beta: Annotated[Optional[float], opt("--beta", help="animation: momentum of the walk [0.80, 0.85, 0.90 "
+                                         "and 0.95]")] = None,
+    num_frames: Annotated[Optional[int], opt("--num_frames", help="animation: frames per file [100]")] = None,
+    fps: Annotated[Optional[float], opt("--fps", help="animation: frames per second [10]")] = None,
+    fmt: Annotated[Optional[str], opt("--format", help="animation: gif|mp4 (mp4 needs imageio-ffmpeg) "
+                                      "[gif]")] = None,
+    naive_img: Annotated[Optional[str], opt("--naive_img", help="harmonization/editing: harmonize or edit this "
+                                            "image (any size)")] = None,
+    mask: Annotated[Optional[str], opt("--mask", help="with --naive_img: the pasted region (gray, RGB or alpha) "
+                                       "[<naive stem>_mask<ext> beside it]")] = None,
+    out: Annotated[Optional[str], opt("--out", help="output folder [MODEL_DIR/Evaluation; with --naive_img: "
+                                      "MODEL_DIR/Evaluation/<naive stem>]")] = None,
     device: Annotated[str, opt("--device", help="auto|cpu|cuda")] = "auto",
     gpu: Annotated[Optional[int], opt("--gpu", help="GPU index")] = None,
     not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
 ) -> None:
-    """Generate samples (any size) and the reconstruction from a trained model."""
+    """Generate samples (any size) and the reconstruction from a trained model; for an animation
+    model, GIFs of a random walk (all 12 of the paper's settings unless --start_scale/--beta pick some).
+
+        consingan generate --model_dir M --num_samples 20 --start_scale 1
+        consingan generate --model_dir M_animation --start_scale 1 --beta 0.9 --num_frames 50 --seed 0
+    """
     try:
         if not model_dir:
             raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
@@ -128,12 +212,103 @@ def generate(
             raise UserError("--num_samples must be >= 0 and --scale_h/--scale_w > 0")
         dev = api.resolve_device(device, gpu, not_cuda)
         model = api.load_model(model_dir, device=dev)
+        if naive_img or mask:
+            if not naive_img:
+                raise UserError("--mask needs --naive_img (the image it belongs to)")
+            print_warnings()
+            target = Path(out) if out else Path(model_dir) / "Evaluation" / Path(naive_img).stem
+            for path in api.write_harmonized(model, naive_img, target, mask_path=mask, seed=seed):
+                typer.echo(f"Saved: {path}")
+            return
         target = Path(out) if out else Path(model_dir) / "Evaluation"
+        animation = dict(alpha=alpha, beta=beta, num_frames=num_frames, fps=fps, format=fmt)
+        if model.config.mode.inference == "animation":
+            write_animations(model, target, seed, start_scale, animation, scale_h, scale_w)
+            return
+        given = [f"--{name}" for name, value in animation.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply to animation models; this model was trained "
+                            f"with --train_mode {model.config.train_mode}")
         folder = api.write_samples(model, target, num_samples=num_samples, scale_h=scale_h,
-                                   scale_w=scale_w, seed=seed)
+                                   scale_w=scale_w, seed=seed, start_scale=start_scale or 0)
     except UserError as e:
         fail(str(e))
     typer.echo(f"Samples saved to: {folder}")
+
+
+def write_animations(model, target: Path, seed: Optional[int], start_scale: Optional[int], animation: dict,
+                     scale_h: float, scale_w: float) -> None:
+    """The generate command for an animation model: one file per walk, each named as it is written."""
+    if (scale_h, scale_w) != (1.0, 1.0):
+        raise UserError("animations have the training size; leave out --scale_h/--scale_w")
+    fmt = animation.pop("format") or "gif"
+    walks = api.reference_walks(start_scale=start_scale, **animation)
+    api.write_animations(model, target, walks, seed=seed, fmt=fmt,
+                         on_written=lambda path: typer.echo(f"Animation saved to: {path}"))
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Optional[str], opt("--model_dir", help="a trained model's directory")] = None,
+    num_samples: Annotated[int, opt("--num_samples", help="random samples to judge (at least 2)")] = 50,
+    seed: Annotated[int, opt("--seed", help="seed of the samples, patch positions and projections")] = 0,
+    naive_img: Annotated[Optional[str], opt("--naive_img", help="harmonization/editing: judge the result on "
+                                            "this naive image (without: on the reconstruction)")] = None,
+    out: Annotated[Optional[str], opt("--out", help="folder for metrics.json [MODEL_DIR/Evaluation; with "
+                                      "--naive_img: MODEL_DIR/Evaluation/<naive stem>]")] = None,
+    device: Annotated[str, opt("--device", help="auto|cpu|cuda")] = "auto",
+    gpu: Annotated[Optional[int], opt("--gpu", help="GPU index")] = None,
+    not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
+) -> None:
+    """Score a trained model (swd, diversity, rec_rmse, nn_patch) and write metrics.json.
+
+        consingan evaluate --model_dir TrainedModels/rocket/<run> --num_samples 50 --seed 0
+        consingan evaluate --model_dir TrainedModels/chelsea/<run> --naive_img naive.png
+    """
+    from .metrics import format_table
+
+    try:
+        if not model_dir:
+            raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
+        dev = api.resolve_device(device, gpu, not_cuda)
+        model = api.load_model(model_dir, device=dev)
+        target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
+        path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)
+    except UserError as e:
+        fail(str(e))
+    typer.echo(format_table(metrics))
+    typer.echo(f"Metrics saved to: {path}")
+
+
+@app.command()
+def compose(
+    background: Annotated[Optional[str], opt("--background", help="the image to paste into (the training image)")] = None,
+    obj: Annotated[Optional[str], opt("--object", help="the object; its alpha channel, if any, is its shape")] = None,
+    object_mask: Annotated[Optional[str], opt("--object_mask", help="the object's shape when it has no alpha "
+                                              "(default: its whole rectangle)")] = None,
+    x: Annotated[Optional[int], opt("--x", help="column of the object's top-left corner (may be negative)")] = None,
+    y: Annotated[Optional[int], opt("--y", help="row of the object's top-left corner (may be negative)")] = None,
+    scale: Annotated[float, opt("--scale", help="object size factor")] = 1.0,
+    out: Annotated[Optional[str], opt("--out", help="the naive image to write; its mask goes beside it as "
+                                      "<stem>_mask<ext>")] = None,
+) -> None:
+    """Paste an object into a background: writes the naive image and its mask for harmonization/editing.
+
+        consingan compose --background bg.png --object cup.png --x 40 --y 60 --scale 0.5 --out naive.png
+    """
+    from .compose import write_composite
+
+    try:
+        print_warnings()
+        missing = [flag for flag, value in (("--background", background), ("--object", obj), ("--x", x),
+                                            ("--y", y), ("--out", out)) if value is None]
+        if missing:
+            raise UserError(f"compose needs {', '.join(missing)}")
+        naive, mask_file = write_composite(background, obj, out, x, y, scale=scale, object_mask=object_mask)
+    except UserError as e:
+        fail(str(e))
+    typer.echo(f"Naive image saved to: {naive}")
+    typer.echo(f"Mask saved to: {mask_file}")
 
 
 def main(argv: list[str] | None = None) -> None:

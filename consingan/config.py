@@ -32,6 +32,15 @@ class Mode:
     stage0_input: str = "noise"
     # Mask dilation radius for harmonization/editing inference (None: no masked inference).
     mask_dilation: int | None = None
+    # File-name prefix of the results on a naive image ("harmonized", "edited"); None: the mode
+    # takes no naive image (no --naive_img, no --fine_tune).
+    result_name: str | None = None
+    # Std of the Gaussian noise added to every image fed to stage 0 (training augmentation, naive
+    # image at fine-tuning and inference); editing 0.1, as its stage-0 fixed noise (METHOD 3-4).
+    stage0_noise: float = 0.0
+    # What the generate command makes by default: "samples" (random images at any size) or
+    # "animation" (GIFs of a random walk around the fixed noise, METHOD 4).
+    inference: str = "samples"
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -40,13 +49,14 @@ MODES: dict[str, Mode] = {
     for m in (
         Mode("generation"),
         Mode("retarget", upsampled_border=False),
-        Mode("animation", stage0_fixed="random", defaults={"min_size": 20}),
+        Mode("animation", stage0_fixed="random", inference="animation", defaults={"min_size": 20}),
         Mode(
             "harmonization",
             pyramid="geometric",
             upsampled_border=False,
             stage0_input="harmonization",
             mask_dilation=7,
+            result_name="harmonized",
             defaults={"train_stages": 3, "min_size": 120, "lrelu_alpha": 0.3,
                       "niter": 1000, "batch_norm": True},
         ),
@@ -56,6 +66,8 @@ MODES: dict[str, Mode] = {
             stage0_fixed="real+noise",
             stage0_input="editing",
             mask_dilation=20,
+            result_name="edited",
+            stage0_noise=0.1,
             defaults={"niter": 1000, "batch_norm": True},
         ),
     )

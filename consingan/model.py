@@ -58,6 +58,13 @@ class ConSinGAN:
 
         return reconstruct(self)
 
+    def animate(self, walk=None, seed: int | None = None) -> torch.Tensor:
+        """The frames of a random walk around the fixed noise (an ``animate.Walk``; default: the
+        paper's alpha 0.1, beta 0.9, 100 frames), Fx3xHxW in [-1, 1]."""
+        from .animate import animate
+
+        return animate(self, walk, seed=seed)
+
     def save(self, path: str | Path) -> Path:
         """Write ``model.pt`` (path may be the model directory or the file)."""
         from .model_file import save_model

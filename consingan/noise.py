@@ -35,6 +35,6 @@ def fixed_noise(config: Config, stage: int, reals: Sequence[torch.Tensor],
         if kind == "real":
             return real.clone()
         if kind == "real+noise":
-            return real + 0.1 * gaussian(config, 0, real.shape, real.device, generator)
+            return real + config.mode.stage0_noise * gaussian(config, 0, real.shape, real.device, generator)
         return gaussian(config, 0, real.shape, real.device, generator)
     return gaussian(config, stage, real.shape, real.device, generator)

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 
+from .errors import UserError
 from .noise import random_noise
 
 
@@ -37,8 +38,11 @@ def generate(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1.0, seed
     G, device = model.G, model.device
     G.eval()
     shapes = scaled_shapes(model.shapes, scale_h, scale_w)
+    if not 0 <= start_scale <= len(shapes):
+        raise UserError(f"--start_scale {start_scale} is out of range for a model with {len(shapes)} stages; "
+                        f"use 0 to {len(shapes)}")
     if start_scale and shapes != [tuple(s) for s in model.shapes]:
-        raise ValueError("start_scale needs scale_h = scale_w = 1 (the fixed noise has the training sizes)")
+        raise UserError("--start_scale needs --scale_h 1 --scale_w 1 (the fixed noise has the training sizes)")
     gen = make_generator(device, seed)
     out = []
     chunk = _batch_size(model)

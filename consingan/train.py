@@ -53,6 +53,9 @@ class RunOptions:
     out_dir: Path | None = None  # None: write nothing
     channels_last: bool = True  # same numbers, faster convolutions on CPU and GPU
     checkpoint_every: int = CHECKPOINT_EVERY
+    # preview(partial model) -> {file name: image}, written into each stage's folder at its end
+    # (harmonization/editing: the result on the naive image given with --naive_img).
+    preview: Callable[[ConSinGAN], dict[str, torch.Tensor]] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -274,6 +277,8 @@ class Trainer:
             samples = model.sample(GRID_SAMPLES, seed=k)  # a local generator: training's RNG is untouched
             writer.image(k, "reconstruction.png", model.reconstruct())
             writer.image(k, "samples_grid.png", grid(samples, columns=5))
+            for name, image in (self.options.preview(model) if self.options.preview else {}).items():
+                writer.image(k, name, image)
             self.G.train()
 
     @torch.no_grad()

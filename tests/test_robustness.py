@@ -171,12 +171,14 @@ def test_grayscale_rgba_and_16_bit_images_are_read(tmp_path):
     rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     iio.imwrite(tmp_path / "gray.png", rgb[:, :, 0])
     iio.imwrite(tmp_path / "rgba.png", np.dstack([rgb, np.full((20, 30), 128, np.uint8)]))
-    iio.imwrite(tmp_path / "rgb16.png", rgb.astype(np.uint16) * 257)
+    iio.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257)  # PNG writers here do not do 16-bit RGB
+    iio.imwrite(tmp_path / "gray16.png", rgb[:, :, 0].astype(np.uint16) * 257)
     ref = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 * 2 - 1
     gray = consingan.read_image(tmp_path / "gray.png")
     assert gray.shape == (1, 3, 20, 30) and torch.allclose(gray[0, 1], ref[0, 0]) and torch.equal(gray[0, 0], gray[0, 2])
     assert torch.allclose(consingan.read_image(tmp_path / "rgba.png"), ref)  # alpha dropped
-    assert torch.allclose(consingan.read_image(tmp_path / "rgb16.png"), ref, atol=1e-6)
+    assert torch.allclose(consingan.read_image(tmp_path / "rgb16.tif"), ref, atol=1e-6)
+    assert torch.allclose(consingan.read_image(tmp_path / "gray16.png"), gray, atol=1e-6)
 
 
 # --- safe model files ------------------------------------------------------------------------
@@ -184,8 +186,8 @@ def test_grayscale_rgba_and_16_bit_images_are_read(tmp_path):
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("safe") / "m"
     img = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
-    consingan.train(img, out_dir=out, device="cpu", train_stages=2, niter=2, nfc=4, min_size=12,
-                    max_size=40, manualSeed=0)
+    consingan.train(img, out_dir=out, device="cpu", train_stages=2, train_depth=2, niter=2, nfc=4,
+                    min_size=12, max_size=40, manualSeed=0)
     return out
 
 

@@ -1,0 +1,299 @@
+"""Harmonization and editing with a trained model (METHOD 4): a naive image in, a harmonized one out.
+
+The naive image (an object pasted into the training image, or the training image edited by hand)
+replaces stage 0's input; every later stage gets its fixed noise, so the generator redraws the
+image in the training image's style. With a mask of the pasted region, the result is blended into
+the training image so that only the region around the object changes.
+
+    model = consingan.load("TrainedModels/chelsea/harmonization")
+    out, blended = harmonize(model, read_image("naive.png"), read_mask("naive_mask.png"))
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+from .errors import ConSinGANWarning, UserError
+from .image import read_array, read_image, resize, save_image
+
+BLUR_SIGMA = 5.0  # METHOD 4
+BLUR_TRUNCATE = 4.0  # kernel radius in sigmas (that of scikit-image's gaussian filter)
+ASPECT_TOLERANCE = 0.05
+
+
+def blend_reach(config: Config, sigma: float = BLUR_SIGMA) -> int:
+    """Pixels farther than this from the mask (in both axes) keep the training image exactly."""
+    return int(config.mode.mask_dilation) + math.ceil(BLUR_TRUNCATE * sigma)
+
+
+def require_naive_mode(config: Config, what: str = "--naive_img") -> None:
+    if config.mode.result_name is None:
+        raise UserError(f"{what} works with --train_mode harmonization or editing only, not with "
+                        f"--train_mode {config.train_mode}; train a harmonization or editing model first")
+
+
+# --- masks ----------------------------------------------------------------------------------
+
+def _unit_range(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+    arr = arr.astype(np.float32)
+    return arr / 255.0 if arr.size and arr.max() > 1.0 else arr
+
+
+def mask_from_array(arr: np.ndarray, what: str = "mask") -> np.ndarray:
+    """Grayscale, RGB or RGBA (any bit depth) -> HxW bool, binarised at 0.5.
+
+    An alpha channel that varies is the mask; an opaque one is ignored and the colours are read.
+    """
+    x = _unit_range(np.asarray(arr))
+    if x.ndim == 3 and x.shape[2] in (2, 4) and x[:, :, -1].min() < x[:, :, -1].max():
+        x = x[:, :, -1]
+    elif x.ndim == 3 and x.shape[2] in (1, 2):
+        x = x[:, :, 0]
+    elif x.ndim == 3 and x.shape[2] in (3, 4):
+        x = x[:, :, :3].mean(axis=2)
+    elif x.ndim != 2:
+        raise UserError(f"{what}: an array of shape {x.shape} is not a mask; give a grayscale, RGB or RGBA image")
+    return x >= 0.5
+
+
+def read_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+    return mask_from_array(read_array(path, what), f"{what} {path}")
+
+
+def default_mask_path(naive_path: str | os.PathLike) -> Path:
+    """``<naive stem>_mask<ext>`` beside the naive image (the compose command writes it there)."""
+    p = Path(naive_path)
+    return p.with_name(f"{p.stem}_mask{p.suffix}")
+
+
+def _disk(radius: int, device: torch.device) -> torch.Tensor:
+    r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).float()
+
+
+def _gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
+    radius = math.ceil(BLUR_TRUNCATE * sigma)
+    t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    return k / k.sum()
+
+
+def soft_mask(mask: torch.Tensor, dilation: int, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """1x1xHxW binary mask -> dilated (disk of radius ``dilation``), blurred, scaled to peak at 1.
+
+    Outside the reach of the disk and the kernel the result is exactly 0, so the blend leaves those
+    pixels of the training image untouched.
+    """
+    m = mask.float()
+    if dilation > 0:
+        disk = _disk(dilation, m.device)[None, None]
+        m = (F.conv2d(F.pad(m, (dilation,) * 4), disk) > 0).float()
+    k = _gaussian_1d(sigma, m.device)
+    r = (k.numel() - 1) // 2
+    # Edge pixels repeat beyond the border (scikit-image's default), so a mask touching the border stays strong there.
+    m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    peak = m.max()
+    return (m / peak).clamp(0.0, 1.0) if peak > 0 else m
+
+
+def _mask_tensor(mask: Any, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """A mask (HxW array or tensor, any size) -> 1x1xhxw float 0/1 at ``size``, binarised at 0.5."""
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    m = m.detach().float().to(device)
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    if m.shape[1] != 1:
+        raise ValueError(f"a mask has one channel, got shape {tuple(m.shape)}")
+    if tuple(m.shape[-2:]) != tuple(size):
+        # Area averaging, then 0.5: a pixel of the smaller mask is in when most of what it covers is.
+        m = F.interpolate(m, size=size, mode="area") if m.shape[-1] >= size[1] else (
+            F.interpolate(m, size=size, mode="bilinear", align_corners=False))
+    return (m >= 0.5).float()
+
+
+# --- the naive image at stage 0 -------------------------------------------------------------
+
+def check_aspect(naive: torch.Tensor, real: torch.Tensor, what: str = "the naive image") -> None:
+    nh, nw = naive.shape[-2:]
+    rh, rw = real.shape[-2:]
+    if abs((nw / nh) / (rw / rh) - 1.0) > ASPECT_TOLERANCE:
+        warnings.warn(f"{what} is {nh}x{nw} but the model was trained on {rh}x{rw}: its aspect ratio differs "
+                      "by more than 5% and it is stretched to the model's shape", ConSinGANWarning, stacklevel=3)
+
+
+def naive_stage0(naive: torch.Tensor, shape0: tuple[int, int], config: Config, device: torch.device | str,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The naive image resized to stage 0, plus the mode's stage-0 noise (editing: 0.1 * N(0, 1))."""
+    z = resize(naive.float().to(device), tuple(shape0))
+    std = config.mode.stage0_noise
+    if std:
+        z = z + std * torch.randn(z.shape, device=z.device, generator=generator)
+    return z
+
+
+def fine_tune_input(naive: torch.Tensor, config: Config) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The stage-0 input of fine-tuning: the naive image at the stage-0 size of ``real0`` each
+    iteration, plus fresh stage-0 noise for editing."""
+    std = config.mode.stage0_noise
+    cache: dict[str, torch.Tensor] = {}
+
+    def stage0_input(real0: torch.Tensor) -> torch.Tensor:
+        if "base" not in cache:
+            cache["base"] = resize(naive.float().to(real0.device), tuple(real0.shape[-2:]))
+        base = cache["base"]
+        # The global generator, as training's other draws: reproducible and resumable.
+        return base + std * torch.randn(base.shape, device=base.device) if std else base
+
+    return stage0_input
+
+
+# --- inference ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _generate(model, z0: torch.Tensor) -> torch.Tensor:
+    model.G.eval()
+    return model.G([z0, *model.fixed[1:]], model.shapes, model.amps)
+
+
+@torch.no_grad()
+def harmonize(model, naive: torch.Tensor, mask: Any = None, seed: int | None = None,
+              check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(result, blended result or None): 1x3xHxW in [-1, 1] at the model's top-stage size.
+
+    ``naive``: 1x3xhxw in [-1, 1], any size (resized to stage 0). ``mask``: HxW (any size; the
+    naive image's), nonzero where the object is; the blend is ``m*out + (1-m)*real`` with ``m`` the
+    dilated, blurred mask. ``seed`` fixes the noise editing adds to the naive image.
+    """
+    require_naive_mode(model.config)
+    if check:
+        check_aspect(naive, model.real)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.device)
+        generator.manual_seed(int(seed))
+    z0 = naive_stage0(naive, model.shapes[0], model.config, model.device, generator)
+    out = _generate(model, z0)
+    if mask is None:
+        return out, None
+    size = tuple(out.shape[-2:])
+    # The pyramid's resize, so that a partial model blends with exactly its stage's training image.
+    real = resize(model.real.to(out.device), size)
+    m = soft_mask(_mask_tensor(mask, size, out.device), int(model.config.mode.mask_dilation))
+    return out, m * out + (1 - m) * real
+
+
+def result_files(config: Config, out: str | os.PathLike, with_mask: bool) -> list[Path]:
+    name = config.mode.result_name
+    files = [Path(out) / f"{name}_wo_mask.png"]
+    return files + [Path(out) / f"{name}_w_mask.png"] if with_mask else files
+
+
+def write_results(model, naive_path: str | os.PathLike, out: str | os.PathLike,
+                  mask_path: str | os.PathLike | None = None, seed: int | None = None) -> list[Path]:
+    """The generate command on a naive image: ``<name>_wo_mask.png`` and, with a mask,
+    ``<name>_w_mask.png`` in ``out`` (name: harmonized / edited). Without ``mask_path`` the mask is
+    ``<naive stem>_mask<ext>`` beside the naive image when it exists. Existing files are an error."""
+    require_naive_mode(model.config)
+    naive = read_image(naive_path, "naive image")
+    mask = None
+    if mask_path is None and default_mask_path(naive_path).is_file():
+        mask_path = default_mask_path(naive_path)
+    if mask_path is not None:
+        mask = read_mask(mask_path, "mask")
+        if mask.shape != tuple(naive.shape[-2:]):
+            raise UserError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but the naive image {naive_path} "
+                            f"is {naive.shape[-2]}x{naive.shape[-1]}; give the mask made for this image")
+        if not mask.any():
+            warnings.warn(f"mask {mask_path} is empty: the blended result is the training image",
+                          ConSinGANWarning, stacklevel=2)
+    else:
+        warnings.warn(f"no mask given and {default_mask_path(naive_path)} does not exist: writing only the "
+                      "result without mask (pass --mask FILE to blend)", ConSinGANWarning, stacklevel=2)
+    files = result_files(model.config, out, mask is not None)
+    for f in files:
+        if f.exists():
+            raise UserError(f"{f} already exists; pass --out DIR to write elsewhere (nothing was overwritten)")
+    result, blended = harmonize(model, naive, mask, seed=seed)
+    save_image(result, files[0])
+    if blended is not None:
+        save_image(blended, files[1])
+    return files
+
+
+# --- training hooks -------------------------------------------------------------------------
+
+def stage_preview(naive: torch.Tensor) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """RunOptions.preview: the result on the naive image at the end of every stage (``<name>.png``)."""
+
+    def preview(model) -> dict[str, torch.Tensor]:
+        # A fixed local seed: the preview must not draw from training's generator.
+        out, _ = harmonize(model, naive, seed=0, check=False)
+        return {f"{model.config.mode.result_name}.png": out}
+
+    return preview
+
+
+NAIVE_KEY = "naive_img"  # a run's config.json: the naive image it was started with
+FINE_TUNED_KEY = "fine_tuned_from"  # a fine-tuning run's config.json: the model it started from
+
+
+def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A model directory's config.json ({} when there is none)."""
+    path = Path(run_dir)
+    path = (path.parent if path.suffix == ".pt" else path) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def resume_hooks(run_dir: str | os.PathLike, config: Config, options, stage0_input):
+    """(options, stage0_input) for resuming ``run_dir``: the naive-image preview and, for a
+    fine-tuning run, its stage-0 input come back from what config.json recorded."""
+    info = run_info(run_dir)
+    if info.get(NAIVE_KEY) is None:
+        return options, stage0_input
+    naive = read_image(info[NAIVE_KEY], "naive image of the run")
+    options = dataclasses.replace(options, preview=stage_preview(naive))
+    if info.get(FINE_TUNED_KEY):
+        stage0_input = fine_tune_input(naive, config)
+    return options, stage0_input
+
+
+def fine_tune_trainer(model, naive: torch.Tensor, options, progress=None):
+    """A Trainer that trains only the top stage of ``model`` with ``naive`` at stage 0 (METHOD 4).
+
+    Only G.body[-1] is handed to the optimizer, so every other generator weight stays bitwise the
+    same; D goes on from its saved weights. ``model.config.niter`` iterations.
+    """
+    from .train import Trainer, make_optimizers
+
+    require_naive_mode(model.config, "--fine_tune")
+    trainer = Trainer.from_model(model, options, progress, fine_tune_input(naive, model.config))
+    trainer.only_top = True
+    trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage, only_top=True)
+    trainer.stage_ready, trainer.iteration = True, 0
+    return trainer
+
+
+def fine_tune_dir(model_dir: str | os.PathLike) -> Path:
+    """``<model_dir>_fine_tuned`` (then ``_1``, ``_2``...): beside the model it starts from."""
+    src = Path(model_dir)
+    src = src.parent if src.suffix == ".pt" else src
+    base = src.with_name(src.name + "_fine_tuned")
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}_{i}"), i + 1
+    return path

@@ -1,0 +1,113 @@
+"""The metrics (consingan.metrics) and the evaluate command."""
+import json
+import math
+
+import pytest
+import torch
+
+import consingan
+from consingan import cli, metrics as M
+from conftest import TINY, run_cli
+
+
+def structured(h=64, w=64, seed=0):
+    """Gradients, stripes and flat blocks: patches that differ across the image at every level."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    img = torch.stack([x / w, y / h, 0.5 + 0.5 * torch.sin(x / 3.0)])
+    for _ in range(8):
+        r, c = torch.randint(0, h - 8, (2,), generator=g).tolist()
+        img[:, r:r + 8, c:c + 8] = torch.rand(3, 1, 1, generator=g)
+    return (img * 2 - 1).unsqueeze(0)
+
+
+def noisy(image, sigma, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (image + sigma * torch.randn(image.shape, generator=g)).clamp(-1, 1)
+
+
+def test_swd_is_zero_for_an_image_against_itself_and_grows_with_noise():
+    real = structured()
+    levels = M.swd_levels(real, real)
+    assert len(levels) == 3  # 64, 32 and 16 px: halving stops at a 16 px short side
+    assert all(v == 0.0 for v in levels)
+    scores = [M.swd(noisy(real, s), real) for s in (0.03, 0.1, 0.3)]
+    assert 1.0 < scores[0] < scores[1] < scores[2], scores
+
+
+def test_diversity_is_zero_for_identical_samples_and_measures_the_spread():
+    real = structured()
+    assert M.diversity(real.expand(6, -1, -1, -1), real) == 0.0
+    samples = real + 0.1 * torch.randn(20, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = 0.1 / real.std(unbiased=False).item()
+    assert M.diversity(samples, real) == pytest.approx(expected, rel=0.1)
+
+
+def test_nn_patch_is_zero_for_the_training_image_and_its_crops_and_grows_with_noise():
+    real = structured(48, 56)
+    assert M.nn_patch(real, real) == 0.0
+    assert M.nn_patch(real[..., 5:30, 9:40], real) == 0.0  # memorised pieces score 0 too
+    small, large = M.nn_patch(noisy(real, 0.05), real), M.nn_patch(noisy(real, 0.2), real)
+    assert 0.0 < small < large
+
+
+def test_rec_rmse_is_in_pixel_units():
+    real = structured()
+    assert M.rec_rmse(real, real) == 0.0
+    assert M.rec_rmse(real + 0.1, real) == pytest.approx(0.1, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("metrics") / "model"
+    # Quality does not matter here, only a model file: 5 iterations per stage are enough.
+    consingan.train(structured(30, 45), device="cpu", out_dir=out, **{**TINY, "niter": 5})
+    return out
+
+
+def test_evaluate_writes_finite_metrics_and_refuses_to_overwrite(tiny_model_dir, capsys):
+    ev = tiny_model_dir / "ev"
+    proc = run_cli("-m", "consingan", "evaluate", "--model_dir", tiny_model_dir, "--num-samples", "5",
+                   "--seed", "3", "--out", ev, "--device", "cpu")
+    assert proc.stdout.strip().splitlines()[-1] == f"Metrics saved to: {ev / 'metrics.json'}"
+    for key in ("swd", "diversity", "rec_rmse", "nn_patch"):
+        assert any(line.startswith(key) for line in proc.stdout.splitlines()), key
+    metrics = json.loads((ev / "metrics.json").read_text())
+    for key in ("swd", "diversity", "rec_rmse", "nn_patch"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]) and metrics[key] >= 0, key
+    assert metrics["num_samples"] == 5 and metrics["seed"] == 3 and metrics["evaluated_on"] == "samples"
+    assert metrics["diversity"] > 0
+    # Same model and seed in another process: the same numbers.
+    again = M.evaluate(consingan.load(tiny_model_dir), num_samples=5, seed=3)
+    assert {k: again[k] for k in ("swd", "diversity", "nn_patch")} == pytest.approx(
+        {k: metrics[k] for k in ("swd", "diversity", "nn_patch")}, rel=1e-5)
+
+    before = (ev / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", "--model_dir", str(tiny_model_dir), "--out", str(ev)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("error: ")
+    assert "metrics.json" in err and "--out" in err and "Traceback" not in err
+    assert (ev / "metrics.json").read_bytes() == before
+
+
+def test_models_without_random_samples_are_judged_on_their_output(tiny_model_dir, tmp_path, capsys):
+    model = consingan.load(tiny_model_dir)
+    # Stand in for a harmonization model: same networks, only the mode decides what is judged.
+    model.config = model.config.replace(train_mode="harmonization")
+    on_rec = M.evaluate(model, num_samples=5)
+    assert on_rec["evaluated_on"] == "reconstruction" and on_rec["num_samples"] == 1
+    assert on_rec["diversity"] is None and math.isfinite(on_rec["swd"]) and math.isfinite(on_rec["nn_patch"])
+    # The training image as the naive image: stage 0 gets what the fixed noise holds, so the
+    # harmonized result is the reconstruction.
+    on_naive = M.evaluate(model, naive=model.real)
+    assert on_naive["evaluated_on"] == "harmonized" and on_naive["diversity"] is None
+    assert (on_naive["swd"], on_naive["nn_patch"]) == (on_rec["swd"], on_rec["nn_patch"])
+
+    naive = tmp_path / "naive.png"
+    consingan.save_image(model.real, naive)
+    with pytest.raises(SystemExit) as exit_:  # a generation model has no naive-image result
+        cli.main(["evaluate", "--model_dir", str(tiny_model_dir), "--naive_img", str(naive), "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "--naive_img" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
