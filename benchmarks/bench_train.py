@@ -5,9 +5,14 @@
     python benchmarks/bench_train.py --stage all        # estimate a whole paper-default run
     python benchmarks/bench_train.py --device cuda
 
+Each variant runs in a process of its own, (a) (b) (a) (b) ..., so that each gets the process settings
+it runs with in practice and a slow spell of the machine hits both alike: (a) as the reference loop
+runs (default allocator), (b) as `consingan train` runs (consingan.runtime.tune_cpu_allocator on CPU).
+
 (a) is METHOD 3 done the plain way (consingan.step.plain_step): the fake recomputed in each
 discriminator step (twice without gradients, once with), D run separately on the real, fake and
-interpolated images, default memory layout. (b) is what `consingan train` runs (consingan.step.train_step
+interpolated images, the gradient penalty by autograd's double backward, torch's bicubic
+interpolation kernel, default memory layout. (b) is what `consingan train` runs (consingan.step.train_step
 with the trainer's memory layout). Both start from the same state and see the same noise.
 
 Prints seconds per iteration for each, the achieved GFLOP/s of (b) (FLOPs counted by
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import subprocess
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,10 +62,12 @@ def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def build_state(config, stage: int, device: torch.device, channels_last: bool) -> tuple[StageState, Trainer]:
+def build_state(config, stage: int, device: torch.device, channels_last: bool,
+                tune_allocator: bool = True) -> tuple[StageState, Trainer]:
     """Networks, optimizers and noise of ``stage`` for a paper-default run (untrained weights)."""
     seed_everything(0)
-    t = Trainer(read_image(IMAGE), config, RunOptions(device=str(device), channels_last=channels_last))
+    options = RunOptions(device=str(device), channels_last=channels_last, tune_allocator=tune_allocator)
+    t = Trainer(read_image(IMAGE), config, options)
     for k in range(stage + 1):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim
@@ -72,20 +82,27 @@ def clone_state(s: StageState, stage: int, fmt) -> StageState:
                       [z.contiguous(memory_format=fmt) for z in s.fixed])
 
 
-def time_steps(step, state: StageState, iters: int, warmup: int, device: torch.device, fmt) -> float:
+def make_inputs(config, shapes, n: int, device: torch.device, fmt) -> list:
     gen = torch.Generator(device=device).manual_seed(0)
     inputs = []
-    for _ in range(iters + warmup):
-        noise = [z.contiguous(memory_format=fmt) for z in random_noise(state.config, state.shapes, device, gen)]
-        inputs.append((noise, torch.rand(state.config.Dsteps, device=device, generator=gen)))
-    for noise, a in inputs[:warmup]:
-        step(state, noise, a)
-    sync(device)
-    t = time.perf_counter()
-    for noise, a in inputs[warmup:]:
-        step(state, noise, a)
-    sync(device)
-    return (time.perf_counter() - t) / iters
+    for _ in range(n):
+        noise = [z.contiguous(memory_format=fmt) for z in random_noise(config, shapes, device, gen)]
+        inputs.append((noise, torch.rand(config.Dsteps, device=device, generator=gen)))
+    return inputs
+
+
+def time_steps(step, state: StageState, iters: int, warmup: int, device: torch.device, fmt) -> list[float]:
+    """Seconds of each of ``iters`` iterations after ``warmup`` untimed ones."""
+    inputs = make_inputs(state.config, state.shapes, iters + warmup, device, fmt)
+    times = []
+    for i, (noise, alphas) in enumerate(inputs):
+        sync(device)
+        t = time.perf_counter()
+        step(state, noise, alphas)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def count_flops(step, state: StageState, device: torch.device, fmt) -> float:
@@ -112,20 +129,6 @@ def count_flops(step, state: StageState, device: torch.device, fmt) -> float:
     return Counter.total
 
 
-def bench_stage(config, stage: int, device, iters: int, warmup: int, plain: bool = True) -> dict:
-    base, trainer = build_state(config, stage, device, channels_last=False)
-    fast_fmt = trainer.fmt if trainer.options.channels_last else torch.contiguous_format
-    result = {"stage": stage, "size": base.shapes[-1]}
-    if plain:
-        a = clone_state(base, stage, torch.contiguous_format)
-        result["a"] = time_steps(plain_step, a, iters, warmup, device, torch.contiguous_format)
-        del a
-    b = clone_state(base, stage, fast_fmt)
-    result["b"] = time_steps(train_step, b, iters, warmup, device, fast_fmt)
-    result["flops_b"] = count_flops(train_step, clone_state(base, stage, fast_fmt), device, fast_fmt)
-    return result
-
-
 def peak_memory_mib(device: torch.device) -> float:
     """Peak resident memory of this process (CPU) or peak allocated GPU memory (CUDA), in MiB."""
     if device.type == "cuda":
@@ -135,50 +138,107 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def run_variant(variant: str, config, stage: int, device, iters: int, warmup: int, flops: bool) -> dict:
+    """In this process: time (a) or (b) at ``stage``; returns times, FLOPs of (b), peak memory."""
+    plain = variant == "a"
+    base, trainer = build_state(config, stage, device, channels_last=not plain, tune_allocator=not plain)
+    if plain:
+        base.G.fast_upsample = False  # torch's bicubic kernel, as the plain computation uses
+        fmt, step = torch.contiguous_format, plain_step
+    else:
+        fmt, step = trainer.fmt, train_step
+    out = {"stage": stage, "size": list(base.shapes[-1])}
+    if flops:
+        out["flops"] = count_flops(step, base, device, fmt)
+    out["times"] = time_steps(step, base, iters, warmup, device, fmt)
+    out["peak_mib"] = peak_memory_mib(device)
+    return out
+
+
+def spawn(variant: str, args, stage: int, iters: int, flops: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--stage", str(stage), "--iters", str(iters),
+           "--warmup", str(args.warmup), "--device", args.device, "--max_size", str(args.max_size)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if flops:
+        cmd.append("--flops")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_stage(args, stage: int, rounds: int, plain: bool = True) -> dict:
+    """(a) and (b) in alternating processes; median seconds per iteration of each."""
+    times: dict = {"a": [], "b": []}
+    info: dict = {}
+    for r in range(rounds):
+        for v in ("a", "b") if plain else ("b",):
+            res = spawn(v, args, stage, args.iters, flops=(v == "b" and r == 0))
+            times[v] += res["times"]
+            info.setdefault(v, res)
+            info[v]["peak_mib"] = max(info[v]["peak_mib"], res["peak_mib"])
+    out = {"stage": stage, "size": info["b"]["size"], "b": statistics.median(times["b"]),
+           "flops_b": info["b"]["flops"], "peak_b": info["b"]["peak_mib"], "n": len(times["b"])}
+    if plain:
+        out["a"] = statistics.median(times["a"])
+        out["peak_a"] = info["a"]["peak_mib"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", default="top", help="stage index, 'top' (default) or 'all'")
-    ap.add_argument("--iters", type=int, default=3, help="timed iterations per variant")
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations per process")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per variant, alternating (a) and (b)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--max_size", type=int, default=250)
-    ap.add_argument("--only_b", action="store_true",
-                    help="time only (b) (for its peak memory; the speedup line is then omitted)")
+    ap.add_argument("--only_b", action="store_true", help="time only (b): its speed and peak memory")
+    ap.add_argument("--variant", choices=["a", "b"], help=argparse.SUPPRESS)  # a child process
+    ap.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = make_config("generation", max_size=args.max_size, manualSeed=0)
-    print(f"device {device} threads {torch.get_num_threads()} torch {torch.__version__} "
-          f"cpus {os.cpu_count()}")
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, config, int(args.stage), device, args.iters, args.warmup,
+                                     args.flops)))
+        return
+    print(f"device {device} threads {torch.get_num_threads()} torch {torch.__version__} cpus {os.cpu_count()} "
+          f"max_size {args.max_size}")
     ceiling = matmul_gflops(device)
+    mem = "GPU allocated" if device.type == "cuda" else "process RSS"
     if args.stage == "all":
         total_a = total_b = 0.0
         for k in range(config.train_stages):
-            r = bench_stage(config, k, device, args.iters, args.warmup)
-            total_a += r["a"] * config.niter
+            r = bench_stage(args, k, args.rounds, plain=not args.only_b)
             total_b += r["b"] * config.niter
-            print(f"stage {k} {r['size'][0]}x{r['size'][1]}: (a) {r['a']:.3f} s/iter  (b) {r['b']:.3f} s/iter  "
-                  f"(b) {r['flops_b'] / r['b'] / 1e9:.1f} GFLOP/s", flush=True)
+            total_a += r.get("a", 0.0) * config.niter
+            a_text = f"(a) {r['a']:.3f} s/iter  " if "a" in r else ""
+            print(f"stage {k} {r['size'][0]}x{r['size'][1]}: {a_text}(b) {r['b']:.3f} s/iter  "
+                  f"(b) {r['flops_b'] / r['b'] / 1e9:.1f} GFLOP/s  (b) peak {r['peak_b']:.0f} MiB", flush=True)
+        a_text = f"(a) {total_a / 60:.1f} min  " if total_a else ""
         print(f"estimated paper-default run ({config.train_stages} stages x {config.niter} iterations): "
-              f"(a) {total_a / 60:.1f} min  (b) {total_b / 60:.1f} min")
+              f"{a_text}(b) {total_b / 60:.1f} min")
         print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
-        print(f"speedup {total_a / total_b:.2f}")
+        if total_a:
+            print(f"speedup {total_a / total_b:.2f}")
         return
     stage = config.train_stages - 1 if args.stage == "top" else int(args.stage)
-    r = bench_stage(config, stage, device, args.iters, args.warmup, plain=not args.only_b)
+    r = bench_stage(args, stage, args.rounds, plain=not args.only_b)
     gflops = r["flops_b"] / r["b"] / 1e9
-    print(f"stage {stage} ({r['size'][0]}x{r['size'][1]}), {args.iters} iterations each after {args.warmup} warm-up")
-    print(f"peak memory {peak_memory_mib(device):.0f} MiB ({'GPU allocated' if device.type == 'cuda' else 'process RSS'})")
-    if args.only_b:
-        print(f"(b) consingan: {r['b']:.3f} s/iter, {gflops:.1f} GFLOP/s")
-        return
-    print(f"(a) straightforward: {r['a']:.3f} s/iter")
-    print(f"(b) consingan:       {r['b']:.3f} s/iter")
+    print(f"stage {stage} ({r['size'][0]}x{r['size'][1]}): median of {r['n']} iterations per variant "
+          f"({args.rounds} processes each, {args.warmup} warm-up each)")
+    if "a" in r:
+        print(f"(a) straightforward: {r['a']:.3f} s/iter, peak memory {r['peak_a']:.0f} MiB ({mem})")
+    print(f"(b) consingan:       {r['b']:.3f} s/iter, peak memory {r['peak_b']:.0f} MiB ({mem})")
     print(f"(b) achieved {gflops:.1f} GFLOP/s ({r['flops_b'] / 1e9:.1f} GFLOP per iteration)")
     print(f"matmul ceiling {ceiling:.1f} GFLOP/s; (b) reaches {100 * gflops / ceiling:.0f}% of it")
-    print(f"speedup {r['a'] / r['b']:.2f}")
+    if "a" in r:
+        print(f"speedup {r['a'] / r['b']:.2f}")
 
 
 if __name__ == "__main__":

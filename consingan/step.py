@@ -51,8 +51,13 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
     G, D = s.G, s.D
 
     # The fake depends only on this iteration's noise and G's weights, which the D steps do not
-    # change: compute it once, with the graph kept for the generator update.
-    fake = G(noise, s.shapes, s.amps)
+    # change: compute it once, with the graph kept for the generator update. So does the
+    # reconstruction: without batch norm, one call on the batch [noise, fixed noise] gives both.
+    if c.batch_norm:  # batch statistics would mix the two images
+        fake, rec = G(noise, s.shapes, s.amps), None
+    else:
+        both = G([torch.cat([z, f]) for z, f in zip(noise, s.fixed)], s.shapes, s.amps)
+        fake, rec = both[:1], both[1:]
     fake_d = fake.detach()
 
     # Dmain + Dreg, Dsteps times. D has no normalisation, so one call on the concatenated
@@ -71,7 +76,8 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
     D.requires_grad_(False)
     try:
         loss_adv = -D(fake).mean()
-        rec = G(s.fixed, s.shapes, s.amps)
+        if rec is None:
+            rec = G(s.fixed, s.shapes, s.amps)
         loss_rec = c.alpha * F.mse_loss(rec, s.real) if c.alpha != 0 else torch.zeros((), device=fake.device)
         loss_g = loss_adv + loss_rec
         s.opt_g.zero_grad(set_to_none=True)

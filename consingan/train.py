@@ -23,6 +23,7 @@ from .model import ConSinGAN
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
 from .progress import NoProgress
+from .runtime import tune_cpu_allocator
 from .step import StageState, train_step
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
@@ -53,6 +54,7 @@ class RunOptions:
     out_dir: Path | None = None  # None: write nothing
     channels_last: bool = True  # same numbers, faster convolutions on CPU and GPU
     checkpoint_every: int = CHECKPOINT_EVERY
+    tune_allocator: bool = True  # CPU: keep freed memory for reuse (runtime.py); same numbers
     # preview(partial model) -> {file name: image}, written into each stage's folder at its end
     # (harmonization/editing: the result on the naive image given with --naive_img).
     preview: Callable[[ConSinGAN], dict[str, torch.Tensor]] | None = None
@@ -165,6 +167,8 @@ class Trainer:
         self.progress = progress or NoProgress()
         self.stage0_input = stage0_input
         self.device = torch.device(options.device)
+        if self.device.type == "cpu" and options.tune_allocator:
+            tune_cpu_allocator()
         self.fmt = torch.channels_last if options.channels_last else torch.contiguous_format
         self.real_full = training_image(image, config).to(self.device)
         self.reals = [self._layout(r) for r in pyramid(self.real_full, config)]

@@ -123,6 +123,8 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
 
     a, t = _stage_state(mode)
     b = _clone_state(a)
+    a.G.fast_upsample = False  # the straightforward computation: torch's bicubic kernel
+    assert b.G.fast_upsample
     before = copy.deepcopy(a.G)
     if channels_last:
         fmt = torch.channels_last
