@@ -215,12 +215,14 @@ def write_results(model, naive_path: str | os.PathLike, out: str | os.PathLike,
         mask_path = default_mask_path(naive_path)
     if mask_path is not None:
         mask = read_mask(mask_path, "mask")
-        if mask.shape != tuple(naive.shape[-2:]):
-            raise UserError(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but the naive image {naive_path} "
-                            f"is {naive.shape[-2]}x{naive.shape[-1]}; give the mask made for this image")
         if not mask.any():
-            warnings.warn(f"mask {mask_path} is empty: the blended result is the training image",
-                          ConSinGANWarning, stacklevel=2)
+            raise UserError(f"mask {mask_path} is all zero, so the blend would be the training image; mark the "
+                            "pasted object white in the mask, or leave out --mask")
+        if mask.shape != tuple(naive.shape[-2:]):
+            # Both are resized to the model's stages anyway; a mismatch usually means the wrong file.
+            warnings.warn(f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} but the naive image {naive_path} "
+                          f"is {naive.shape[-2]}x{naive.shape[-1]}: resizing the mask to it", ConSinGANWarning,
+                          stacklevel=2)
     else:
         warnings.warn(f"no mask given and {default_mask_path(naive_path)} does not exist: writing only the "
                       "result without mask (pass --mask FILE to blend)", ConSinGANWarning, stacklevel=2)

@@ -227,3 +227,49 @@ def test_damaged_foreign_or_newer_model_files(model_dir, tmp_path, damage, words
     with pytest.raises(UserError, match=words):
         consingan.load(target)
     assert words in bad("main_generate.py", "--model_dir", target)
+
+
+# --- harmonization inputs ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def harmonization_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("harm")
+    rng = np.random.default_rng(2)
+    bg = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    iio.imwrite(tmp / "bg.png", bg)
+    naive = bg.copy()
+    naive[8:16, 10:20] = 255
+    iio.imwrite(tmp / "naive.png", naive)
+    consingan.train(str(tmp / "bg.png"), out_dir=tmp / "m", device="cpu", train_mode="harmonization",
+                    train_stages=2, train_depth=2, niter=2, nfc=4, min_size=12, max_size=40, manualSeed=0)
+    return tmp
+
+
+def test_fine_tune_without_model_dir(harmonization_model):
+    t = harmonization_model
+    assert "--model_dir" in bad("main_train.py", "--train_mode", "harmonization", "--input_name", t / "bg.png",
+                                "--naive_img", t / "naive.png", "--fine_tune")
+
+
+def test_missing_naive_image(harmonization_model, tmp_path):
+    t = harmonization_model
+    assert "not found" in bad("main_generate.py", "--model_dir", t / "m", "--naive_img", t / "nope.png",
+                              "--out", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_all_zero_mask(harmonization_model, tmp_path):
+    t = harmonization_model
+    iio.imwrite(tmp_path / "zero_mask.png", np.zeros((30, 40), np.uint8))
+    assert "all zero" in bad("main_generate.py", "--model_dir", t / "m", "--naive_img", t / "naive.png",
+                             "--mask", tmp_path / "zero_mask.png", "--out", tmp_path / "o")
+
+
+def test_mask_of_another_size_is_resized_with_a_warning(harmonization_model, tmp_path):
+    t = harmonization_model
+    mask = np.zeros((60, 80), np.uint8)
+    mask[16:32, 20:40] = 255
+    iio.imwrite(tmp_path / "big_mask.png", mask)
+    proc = run_cli("main_generate.py", "--model_dir", t / "m", "--naive_img", t / "naive.png",
+                   "--mask", tmp_path / "big_mask.png", "--out", tmp_path / "o")
+    assert "warning:" in proc.stderr and "resizing the mask" in proc.stderr and "Traceback" not in proc.stderr
+    assert iio.imread(tmp_path / "o" / "harmonized_w_mask.png").shape[-1] == 3
