@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consingan.config import make_config  # noqa: E402
-from consingan.image import read_image  # noqa: E402
+from consingan.image import read_image, resize  # noqa: E402
 from consingan.noise import random_noise  # noqa: E402
 from consingan.step import StageState, plain_step, train_step  # noqa: E402
 from consingan.train import RunOptions, Trainer, make_optimizers, seed_everything  # noqa: E402
@@ -67,7 +67,11 @@ def build_state(config, stage: int, device: torch.device, channels_last: bool,
     """Networks, optimizers and noise of ``stage`` for a paper-default run (untrained weights)."""
     seed_everything(0)
     options = RunOptions(device=str(device), channels_last=channels_last, tune_allocator=tune_allocator)
-    t = Trainer(read_image(IMAGE), config, options)
+    image = read_image(IMAGE)
+    h, w = image.shape[-2:]
+    if max(h, w) < config.max_size:  # --max_size 500: the same photo, enlarged, so that 500 px is reached
+        image = resize(image, (round(h * config.max_size / max(h, w)), round(w * config.max_size / max(h, w))))
+    t = Trainer(image, config, options)
     for k in range(stage + 1):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim
@@ -138,10 +142,12 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_variant(variant: str, config, stage: int, device, iters: int, warmup: int, flops: bool) -> dict:
+def run_variant(variant: str, config, stage: int, device, iters: int, warmup: int, flops: bool,
+                tune_allocator: bool = True) -> dict:
     """In this process: time (a) or (b) at ``stage``; returns times, FLOPs of (b), peak memory."""
     plain = variant == "a"
-    base, trainer = build_state(config, stage, device, channels_last=not plain, tune_allocator=not plain)
+    base, trainer = build_state(config, stage, device, channels_last=not plain,
+                                tune_allocator=tune_allocator and not plain)
     if plain:
         base.G.fast_upsample = False  # torch's bicubic kernel, as the plain computation uses
         fmt, step = torch.contiguous_format, plain_step
@@ -160,6 +166,8 @@ def spawn(variant: str, args, stage: int, iters: int, flops: bool = False) -> di
            "--warmup", str(args.warmup), "--device", args.device, "--max_size", str(args.max_size)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.no_tune_allocator:
+        cmd.append("--no_tune_allocator")
     if flops:
         cmd.append("--flops")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -196,6 +204,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--max_size", type=int, default=250)
     ap.add_argument("--only_b", action="store_true", help="time only (b): its speed and peak memory")
+    ap.add_argument("--no_tune_allocator", action="store_true",
+                    help="run (b) with the default allocator too (to see what consingan.runtime gives)")
     ap.add_argument("--variant", choices=["a", "b"], help=argparse.SUPPRESS)  # a child process
     ap.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -205,7 +215,7 @@ def main() -> None:
     config = make_config("generation", max_size=args.max_size, manualSeed=0)
     if args.variant:
         print(json.dumps(run_variant(args.variant, config, int(args.stage), device, args.iters, args.warmup,
-                                     args.flops)))
+                                     args.flops, tune_allocator=not args.no_tune_allocator)))
         return
     print(f"device {device} threads {torch.get_num_threads()} torch {torch.__version__} cpus {os.cpu_count()} "
           f"max_size {args.max_size}")
