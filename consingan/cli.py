@@ -32,6 +32,12 @@ def opt(*names: str, help: str = "", **kw):
     return typer.Option(*spellings, help=help, **kw)
 
 
+# The device options every command takes.
+DeviceOpt = Annotated[str, opt("--device", help="auto|cpu|cuda (auto: CUDA when available)")]
+GpuOpt = Annotated[Optional[int], opt("--gpu", help="GPU index")]
+NotCudaOpt = Annotated[bool, opt("--not_cuda", help="run on the CPU")]
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -77,9 +83,9 @@ def train(
     batch_norm: Annotated[Optional[bool], typer.Option("--batch_norm/--no_batch_norm", "--batch-norm/--no-batch-norm",
                                                        help="batch norm in G [off; harmonization/editing on]")] = None,
     manualSeed: Annotated[Optional[int], opt("--manualSeed", help="random seed [random, recorded]")] = None,
-    device: Annotated[str, opt("--device", help="auto|cpu|cuda (auto: CUDA when available)")] = "auto",
-    gpu: Annotated[Optional[int], opt("--gpu", help="GPU index")] = None,
-    not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
+    device: DeviceOpt = "auto",
+    gpu: GpuOpt = None,
+    not_cuda: NotCudaOpt = False,
     out_dir: Annotated[Optional[str], opt("--out_dir", help="write the model exactly here")] = None,
     progress: Annotated[str, opt("--progress", help="auto|plain|none")] = "auto",
     resume: Annotated[Optional[str], opt("--resume", help="go on with the interrupted run in this directory")] = None,
@@ -195,9 +201,9 @@ def generate(
                                        "[<naive stem>_mask<ext> beside it]")] = None,
     out: Annotated[Optional[str], opt("--out", help="output folder [MODEL_DIR/Evaluation; with --naive_img: "
                                       "MODEL_DIR/Evaluation/<naive stem>]")] = None,
-    device: Annotated[str, opt("--device", help="auto|cpu|cuda")] = "auto",
-    gpu: Annotated[Optional[int], opt("--gpu", help="GPU index")] = None,
-    not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
+    device: DeviceOpt = "auto",
+    gpu: GpuOpt = None,
+    not_cuda: NotCudaOpt = False,
 ) -> None:
     """Generate samples (any size) and the reconstruction from a trained model; for an animation
     model, GIFs of a random walk (all 12 of the paper's settings unless --start_scale/--beta pick some).
@@ -256,9 +262,9 @@ def evaluate(
                                             "this naive image (without: on the reconstruction)")] = None,
     out: Annotated[Optional[str], opt("--out", help="folder for metrics.json [MODEL_DIR/Evaluation; with "
                                       "--naive_img: MODEL_DIR/Evaluation/<naive stem>]")] = None,
-    device: Annotated[str, opt("--device", help="auto|cpu|cuda")] = "auto",
-    gpu: Annotated[Optional[int], opt("--gpu", help="GPU index")] = None,
-    not_cuda: Annotated[bool, opt("--not_cuda", help="run on the CPU")] = False,
+    device: DeviceOpt = "auto",
+    gpu: GpuOpt = None,
+    not_cuda: NotCudaOpt = False,
 ) -> None:
     """Score a trained model (swd, diversity, rec_rmse, nn_patch) and write metrics.json.
 

@@ -24,20 +24,22 @@ class PlainProgress:
         self.t0, self.first = time.perf_counter(), start_iter
         self.every = max(1, niter // self.lines)
         self.losses: Mapping[str, float] | None = None
+        self.losses_at = 0
         print(f"stage {stage + 1}/{num_stages}: {niter} iterations", file=self.stream, flush=True)
 
     def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None:
         """``iteration`` counts completed iterations (1..niter)."""
         if losses:
-            self.losses = losses
+            self.losses, self.losses_at = losses, iteration
         if iteration % self.every and iteration != self.niter:
             return
         elapsed = time.perf_counter() - self.t0
         done = iteration - self.first
         left = elapsed / done * (self.niter - iteration) if done else 0.0
-        print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} "
-              f"{_fmt_losses(self.losses)} elapsed {elapsed:.0f}s left {left:.0f}s",
-              file=self.stream, flush=True)
+        # losses are read only every few hundred iterations (a read waits for the GPU): say from when
+        shown = f"{_fmt_losses(self.losses)} (at iter {self.losses_at}) " if self.losses else ""
+        print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} {shown}"
+              f"elapsed {elapsed:.0f}s left {left:.0f}s", file=self.stream, flush=True)
 
     def end_stage(self) -> None:
         pass
