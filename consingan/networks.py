@@ -72,25 +72,46 @@ def _bicubic_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dt
     return m.to(device=device, dtype=dtype)
 
 
-def upsample_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """The same interpolation as :func:`upsample_interpolate`, as two matrix products (rows, then columns).
+@functools.lru_cache(maxsize=256)
+def _bands(n_in: int, n_out: int, block: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Blocks of output indices (o0, o1) and the input window (i0, i1) their weights touch: the
+    interpolation matrix is a band, so each block multiplies only that window."""
+    m = _bicubic_matrix(n_in, n_out, torch.device("cpu"), torch.float64)
+    out = []
+    for o0 in range(0, n_out, block):
+        o1 = min(o0 + block, n_out)
+        cols = torch.nonzero(m[o0:o1].abs().sum(0)).flatten()
+        i0, i1 = (int(cols[0]), int(cols[-1]) + 1) if cols.numel() else (0, 1)
+        out.append((o0, o1, i0, i1))
+    return tuple(out)
 
-    Mathematically identical (the zeros of the band matrices add exact zeros); much faster on the
-    CPU, above all in the backward pass, where torch's bicubic kernel runs on one thread.
+
+def _interp_rows(m: torch.Tensor, x: torch.Tensor, bands) -> torch.Tensor:
+    """m (n_out x n_in) applied along dim -2 of x (..., n_in, k), block by block of the band."""
+    if len(bands) == 1:
+        return torch.matmul(m, x)
+    return torch.cat([torch.matmul(m[o0:o1, i0:i1], x[..., i0:i1, :]) for o0, o1, i0, i1 in bands], dim=-2)
+
+
+def upsample_matmul(x: torch.Tensor, size: Sequence[int], block: int = 64) -> torch.Tensor:
+    """The same interpolation as :func:`upsample_interpolate`, as matrix products (rows, then columns).
+
+    Mathematically identical (the skipped entries of the band matrices are zeros); much faster on
+    the CPU, above all in the backward pass, where torch's bicubic kernel runs on one thread.
     """
     h, w = int(size[0]), int(size[1])
     n, c, h_in, w_in = x.shape
     mh = _bicubic_matrix(h_in, h, x.device, x.dtype)
     mw = _bicubic_matrix(w_in, w, x.device, x.dtype)
+    bh, bw = _bands(h_in, h, block), _bands(w_in, w, block)
     if x.is_contiguous(memory_format=torch.channels_last) and c > 1:
-        # stored as N,H,W,C: interpolate along W with a batched product per row, then along H with
-        # one large product; the result keeps the channels-last layout.
-        xs = x.permute(0, 2, 3, 1)  # N,h,w,C (a view)
-        cols = torch.matmul(mw, xs)  # N,h,W,C
-        rows = torch.matmul(mh, cols.reshape(n, h_in, w * c))  # N,H,W*C
+        # stored as N,H,W,C: interpolate along W per row (W is dim -2 of N,h,w,C), then along H with
+        # the rows as one dimension; the result keeps the channels-last layout.
+        cols = _interp_rows(mw, x.permute(0, 2, 3, 1), bw)  # N,h,W,C
+        rows = _interp_rows(mh, cols.reshape(n, h_in, w * c), bh)  # N,H,W*C
         return rows.view(n, h, w, c).permute(0, 3, 1, 2)
-    cols = torch.matmul(x, mw.t())  # N,C,h,W
-    return torch.matmul(mh, cols)  # N,C,H,W
+    cols = _interp_rows(mw, x.transpose(-1, -2), bw).transpose(-1, -2)  # N,C,h,W
+    return _interp_rows(mh, cols, bh)  # N,C,H,W
 
 
 class Discriminator(nn.Module):

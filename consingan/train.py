@@ -157,7 +157,8 @@ def _on_sigint(callback: Callable[[], None]) -> Callable[[], None]:
 class Trainer:
     """Runs stages ``first_stage..top`` of a model, one iteration after another.
 
-    Usage: ``Trainer(image, config, options).fit()``; ``Trainer.resume(dir)``; ``Trainer.for_fine_tune``.
+    Usage: ``Trainer(image, config, options).fit()``; ``Trainer.resume(dir, options).fit()``; fine-tuning:
+    ``harmonize.fine_tune_trainer``.
     """
 
     def __init__(self, image: torch.Tensor, config: Config, options: RunOptions = RunOptions(),

@@ -69,3 +69,20 @@ def test_init_statistics():
     assert abs(w.mean()) < 2e-3 and abs(w.std() - 0.02) < 2e-3
     bn = torch.cat([m.weight for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)])
     assert abs(bn.mean() - 1) < 0.01 and bn.std() < 0.04
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sizes", [(25, 38, 31, 47), (60, 89, 121, 177), (10, 10, 10, 10), (5, 7, 1, 9),
+                                   (115, 171, 173, 256)])
+def test_matrix_upsampling_equals_torch_bicubic(sizes, channels_last):
+    from consingan.networks import upsample_interpolate, upsample_matmul
+
+    h, w, H, W = sizes
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 5, h, w, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+    a, b = upsample_interpolate(x, (H, W)), upsample_matmul(x, (H, W), block=16)
+    assert a.shape == b.shape == (2, 5, H, W)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    g = torch.randn_like(a)
+    (ga,), (gb,) = torch.autograd.grad(a, x, g), torch.autograd.grad(b, x, g)
+    assert torch.allclose(ga, gb, rtol=0, atol=1e-12)
