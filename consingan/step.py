@@ -38,6 +38,10 @@ def _penalty(grad: torch.Tensor, lambda_grad: float) -> torch.Tensor:
     return lambda_grad * ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def _mix(real: torch.Tensor, fake: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return a * real + (1 - a) * fake
 
@@ -57,13 +61,19 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
         fake, rec = G(noise, s.shapes, s.amps), None
     else:
         both = G([torch.cat([z, f]) for z, f in zip(noise, s.fixed)], s.shapes, s.amps)
+        if both.requires_grad:
+            # Slicing gives the gradient in the default layout (its backward fills a fresh buffer);
+            # mixed layouts send the tail's backward down slow kernels. Restore the input's layout.
+            both.register_hook(lambda g: g.contiguous(memory_format=_layout(s.real)))
         fake, rec = both[:1], both[1:]
     fake_d = fake.detach()
+    # D has no normalisation, so one call on the concatenated real/fake batch gives the same scores
+    # as two calls; the batch is the same in every D step.
+    real_fake = torch.cat([s.real, fake_d]).contiguous(memory_format=_layout(s.real))
 
-    # Dmain + Dreg, Dsteps times. D has no normalisation, so one call on the concatenated
-    # real/fake batch gives the same scores as two calls.
+    # Dmain + Dreg, Dsteps times.
     for j in range(c.Dsteps):
-        scores = D(torch.cat([s.real, fake_d]))
+        scores = D(real_fake)
         loss_real = -scores[0:1].mean()
         loss_fake = scores[1:2].mean()
         gp = _penalty(D.input_gradient(_mix(s.real, fake_d, gp_alphas[j])), c.lambda_grad)
