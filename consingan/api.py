@@ -93,10 +93,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         check_new_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
-        readable = {**config.to_dict(), "input_name": Path(meta_input).as_posix(), "device": str(dev)}
-        if isinstance(naive, (str, os.PathLike)):  # so that a resumed run writes the previews too
-            readable[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
-        (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
+        _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive)
     model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
                                                  preview=preview),
                         progress=make_progress(progress), stage0_input=stage0_input_for(config))
@@ -145,16 +142,23 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     check_new_dir(out)
     dev = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    readable = {**model.config.to_dict(), "input_name": _harmonize.run_info(model_dir).get("input_name"),
-                _harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix(), "device": str(dev)}
-    if isinstance(naive, (str, os.PathLike)):  # resume reads it back from here
-        readable[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
-    (out / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
+    _write_run_info(out, model.config, _harmonize.run_info(model_dir).get("input_name"), dev, naive,
+                    **{_harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix()})
     seed_everything(model.config.manualSeed)
     options = RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
                          preview=_harmonize.stage_preview(naive_img))
     trainer = _harmonize.fine_tune_trainer(model, naive_img, options, make_progress(progress))
     return _finish(trainer.fit(), out)
+
+
+def _write_run_info(out: Path, config: Config, input_name: str | None, device: torch.device, naive: Any,
+                    **extra: Any) -> None:
+    """The run's readable config.json: the settings, where the image came from, the device, and the
+    naive image's path (a resumed run reads it back to write its previews and stage-0 input)."""
+    info = {**config.to_dict(), "input_name": input_name, **extra, "device": str(device)}
+    if isinstance(naive, (str, os.PathLike)):
+        info[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
+    (out / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def stage0_input_for(config: Config):
