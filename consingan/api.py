@@ -65,15 +65,18 @@ def check_new_dir(path: Path, what: str = "--out_dir") -> None:
 
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
           device: str = "auto", progress: str = "none", input_name: str | None = None,
-          checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, **settings: Any) -> ConSinGAN:
+          checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, run_info: dict | None = None,
+          **settings: Any) -> ConSinGAN:
     """Train a model on one image. ``settings`` are Config fields (e.g. ``niter=500``) when no
-    ``config`` is given; ``train_mode`` picks the mode and its defaults. ``naive`` (harmonization,
+    ``config`` is given; ``train_mode`` picks the mode and its defaults, ``preset`` ("paper" or
+    "fast") a set of settings over them. ``run_info``: extra keys for config.json. ``naive`` (harmonization,
     editing): an image whose result is written into every stage folder (not used for training).
 
     With ``out_dir``, the full model directory is written there (model.pt, config.json, log.jsonl,
     one folder per stage); the directory must not exist or be empty.
     """
     if config is None:
+        run_info = {"preset": settings.get("preset", "paper"), **(run_info or {})}
         config = make_config(**settings)
     elif settings:
         config = config.replace(**settings)
@@ -93,7 +96,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         check_new_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
-        _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive)
+        _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
     model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
                                                  preview=preview),
                         progress=make_progress(progress), stage0_input=stage0_input_for(config))

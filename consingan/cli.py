@@ -60,6 +60,9 @@ def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
+    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: a fifth of the iterations and a "
+                                "lazy gradient penalty (about 15 min for 250 px on a 2-core CPU; see "
+                                "benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
@@ -77,6 +80,8 @@ def train(
     Gsteps: Annotated[Optional[int], opt("--Gsteps", help="generator steps per iteration [3]")] = None,
     Dsteps: Annotated[Optional[int], opt("--Dsteps", help="discriminator steps per iteration [3]")] = None,
     lambda_grad: Annotated[Optional[float], opt("--lambda_grad", help="gradient penalty weight [0.1]")] = None,
+    gp_every: Annotated[Optional[int], opt("--gp_every", help="lazy gradient penalty: in one D update of N, "
+                                           "weighted xN (changes the numbers) [1: every update; fast preset 3]")] = None,
     alpha: Annotated[Optional[float], opt("--alpha", help="reconstruction loss weight [10]")] = None,
     activation: Annotated[Optional[str], opt("--activation", help="lrelu|elu|prelu|selu [lrelu]")] = None,
     lrelu_alpha: Annotated[Optional[float], opt("--lrelu_alpha", help="leaky relu slope [0.05; harmonization 0.3]")] = None,
@@ -118,17 +123,17 @@ def train(
         if not input_name:
             raise UserError("no training image given; pass --input_name PATH")
         config = api.make_config(
-            train_mode, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter,
+            train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter,
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
-            lambda_grad=lambda_grad, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
+            lambda_grad=lambda_grad, gp_every=gp_every, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
             batch_norm=batch_norm, manualSeed=manualSeed)
         dev = api.resolve_device(device, gpu, not_cuda)
         image = api.read_image(input_name)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
-                      checkpoint_every=checkpoint_every, naive=naive_img)
+                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
     except UserError as e:
         fail(str(e))
     typer.echo(f"Model saved to: {out}")

@@ -38,6 +38,14 @@ def _penalty(grad: torch.Tensor, lambda_grad: float) -> torch.Tensor:
     return lambda_grad * ((grad.norm(2, dim=1) - 1) ** 2).mean()
 
 
+def penalty_weight(config: Config, iteration: int, j: int) -> int:
+    """The factor of the gradient penalty in D update ``j`` of ``iteration``: 1 in every update
+    (the paper), or with ``gp_every`` k > 1 (lazy penalty, StyleGAN2's lazy regularisation; changes the
+    numbers) k in one update of every k, counted over the whole stage, and 0 in the others."""
+    k = config.gp_every
+    return 1 if k == 1 else (k if (iteration * config.Dsteps + j) % k == 0 else 0)
+
+
 def _layout(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
@@ -46,8 +54,11 @@ def _mix(real: torch.Tensor, fake: torch.Tensor, a: torch.Tensor) -> torch.Tenso
     return a * real + (1 - a) * fake
 
 
-def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor) -> dict[str, torch.Tensor]:
+def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor,
+               iteration: int = 0) -> dict[str, torch.Tensor]:
     """One iteration: Dsteps discriminator updates, then one generator gradient applied Gsteps times.
+
+    ``iteration`` (within the stage) matters only for a lazy gradient penalty (``gp_every`` > 1).
 
     Returns the loss tensors (not synchronised: read them only when logging).
     """
@@ -72,12 +83,16 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
     real_fake = torch.cat([s.real, fake_d]).contiguous(memory_format=_layout(s.real))
 
     # Dmain + Dreg, Dsteps times.
+    gp = torch.zeros((), device=fake_d.device)
     for j in range(c.Dsteps):
         scores = D(real_fake)
         loss_real = -scores[0:1].mean()
         loss_fake = scores[1:2].mean()
-        gp = _penalty(D.input_gradient(_mix(s.real, fake_d, gp_alphas[j])), c.lambda_grad)
-        loss_d = loss_real + loss_fake + gp
+        loss_d = loss_real + loss_fake
+        weight = penalty_weight(c, iteration, j)
+        if weight:
+            gp = _penalty(D.input_gradient(_mix(s.real, fake_d, gp_alphas[j])), c.lambda_grad)
+            loss_d = loss_d + weight * gp
         s.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         s.opt_d.step()
@@ -100,10 +115,12 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
             "gp": gp.detach(), "loss_g": loss_adv.detach(), "loss_rec": loss_rec.detach()}
 
 
-def plain_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor) -> dict[str, torch.Tensor]:
+def plain_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor,
+               iteration: int = 0) -> dict[str, torch.Tensor]:
     """The straightforward computation of METHOD 3 (the correctness oracle; slower)."""
     c = s.config
     G, D = s.G, s.D
+    gp = torch.zeros((), device=s.real.device)
     for j in range(c.Dsteps):
         D.zero_grad()
         loss_real = -D(s.real).mean()
@@ -113,11 +130,14 @@ def plain_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
             with torch.no_grad():
                 fake = G(noise, s.shapes, s.amps)
         loss_fake = D(fake.detach()).mean()
-        x_hat = _mix(s.real, fake.detach(), gp_alphas[j]).requires_grad_(True)
-        out = D(x_hat)
-        (grad,) = torch.autograd.grad(out, x_hat, grad_outputs=torch.ones_like(out), create_graph=True)
-        gp = _penalty(grad, c.lambda_grad)
-        loss_d = loss_real + loss_fake + gp
+        loss_d = loss_real + loss_fake
+        weight = penalty_weight(c, iteration, j)
+        if weight:
+            x_hat = _mix(s.real, fake.detach(), gp_alphas[j]).requires_grad_(True)
+            out = D(x_hat)
+            (grad,) = torch.autograd.grad(out, x_hat, grad_outputs=torch.ones_like(out), create_graph=True)
+            gp = _penalty(grad, c.lambda_grad)
+            loss_d = loss_d + weight * gp
         loss_d.backward()
         s.opt_d.step()
 

@@ -246,7 +246,7 @@ class Trainer:
                 noise = random_noise(c, state.shapes, self.device,
                                      stage0=self.stage0_input(self.reals[0]) if self.stage0_input else None)
                 gp_alphas = torch.rand(c.Dsteps, device=self.device)
-                losses = train_step(state, [self._layout(z) for z in noise], gp_alphas)
+                losses = train_step(state, [self._layout(z) for z in noise], gp_alphas, self.iteration)
                 sched_d.step()
                 sched_g.step()
                 self.iteration += 1

@@ -111,3 +111,24 @@ def test_models_without_random_samples_are_judged_on_their_output(tiny_model_dir
         cli.main(["evaluate", "--model_dir", str(tiny_model_dir), "--naive_img", str(naive), "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "--naive_img" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
+    """benchmarks/quality.py end to end on a tiny setting: records, grids, RESULTS.md; no rerun."""
+    args = ["benchmarks/quality.py", "--images", "rocket", "--seeds", "1", "--max_size", "40",
+            "--num_samples", "4", "--results", tmp_path / "results", "--report", tmp_path / "RESULTS.md",
+            "--runs", tmp_path / "runs", "--train_args", "--niter 3 --nfc 8 --train_stages 3 --min_size 20"]
+    first = run_cli(*args)
+    assert "2 runs to do" in first.stdout
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "40").glob("*.json")}
+    assert set(records) == {"rocket_paper_s1", "rocket_fast_s1"}
+    assert (records["rocket_paper_s1"]["niter"], records["rocket_fast_s1"]["gp_every"]) == (3, 3)
+    for r in records.values():
+        assert all(math.isfinite(r["metrics"][k]) for k in ("swd", "diversity", "nn_patch", "rec_rmse"))
+        assert r["train_minutes"] > 0
+    assert (tmp_path / "results" / "40" / "rocket_fast.png").exists()
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| rocket | fast | 3 | 3 | 1 |" in report and "Fast against paper" in report
+    assert "](results/40/rocket_fast.png)" in report
+    again = run_cli(*args)
+    assert "0 runs to do" in again.stdout

@@ -64,3 +64,18 @@ def test_pyramid_images_have_stage_sizes_and_range():
 def test_image_smaller_than_min_size_is_a_user_error():
     with pytest.raises(UserError, match="min_size"):
         stage_sizes(20, 30, make_config("generation", min_size=25))
+
+
+def test_presets_apply_over_mode_defaults_and_under_user_flags():
+    from consingan.config import make_config
+    from consingan.errors import UserError
+
+    paper = make_config("generation", manualSeed=1)
+    assert (paper.niter, paper.gp_every) == (2000, 1)
+    fast = make_config("generation", preset="fast", manualSeed=1)
+    assert (fast.niter, fast.gp_every) == (400, 3)
+    assert fast.replace(niter=paper.niter, gp_every=1) == paper  # nothing else changes
+    assert make_config("harmonization", preset="fast", manualSeed=1).niter == 200
+    assert make_config("generation", preset="fast", niter=700, manualSeed=1).niter == 700
+    with pytest.raises(UserError, match="--preset"):
+        make_config("generation", preset="quick")

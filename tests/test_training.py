@@ -147,6 +147,39 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
     assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
 
 
+def test_lazy_penalty_weights_cover_every_update_once_on_average():
+    from consingan.step import penalty_weight
+
+    paper = make_config("generation", manualSeed=0)
+    assert [penalty_weight(paper, i, j) for i in range(2) for j in range(3)] == [1] * 6
+    lazy = make_config("generation", gp_every=2, manualSeed=0)
+    assert [penalty_weight(lazy, i, j) for i in range(2) for j in range(3)] == [2, 0, 2, 0, 2, 0]
+    fast = make_config("generation", preset="fast", manualSeed=0)
+    weights = [penalty_weight(fast, i, j) for i in range(10) for j in range(3)]
+    assert weights[:3] == [3, 0, 0] and sum(weights) == len(weights)
+
+
+def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(float64):
+    """With --gp_every 2 the fast step still equals the straightforward one; both differ from the paper's."""
+    from consingan.noise import random_noise
+
+    a, _ = _stage_state("generation", gp_every=2)
+    b, exact = _clone_state(a), _clone_state(a)
+    exact.config = a.config.replace(gp_every=1)
+    a.G.fast_upsample = False
+    gen = torch.Generator().manual_seed(1)
+    for i in range(2):
+        noise = random_noise(a.config, a.shapes, "cpu", gen)
+        alphas = torch.rand(3, generator=gen)
+        plain_step(a, noise, alphas, i)
+        train_step(b, noise, alphas, i)
+        plain_step(exact, noise, alphas, i)
+    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
+        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-8), n
+    assert _max_rel_diff(exact.D, a.D) > 1e-4
+
+
 @pytest.mark.parametrize("activation", ["lrelu", "elu"])
 def test_discriminator_input_gradient_equals_autograd(activation, float64):
     torch.manual_seed(0)
