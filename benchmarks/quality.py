@@ -1,0 +1,228 @@
+"""Sample quality of the presets: train each preset on the example images with several seeds, score
+every model with `consingan evaluate`, and write the table to benchmarks/RESULTS.md.
+
+    python benchmarks/quality.py                                  # paper and fast, 3 images x seeds 1 2, 250 px
+    python benchmarks/quality.py --max_size 80 --jobs 2           # the same protocol on smaller images
+    python benchmarks/quality.py --presets fast --seeds 1         # only the fast preset's runs
+
+Each run is `consingan train --preset P --manualSeed S` in a process of its own, timed by the wall
+clock (start-up included), then `consingan evaluate --num_samples N --seed 0` on the model. A run's
+record (settings, time, metrics) goes to benchmarks/results/<max_size>/<image>_<preset>_s<seed>.json
+and the first seed's final sample grid next to it; models stay in --runs (not in git). A run whose
+record exists is not repeated, so an interrupted benchmark goes on where it stopped.
+
+RESULTS.md is rebuilt from every record under benchmarks/results (--results), one section per image size: the
+mean over seeds per image and preset, and the fast preset against the paper preset averaged over
+images and seeds, with the issue's targets (time <= 15 min at 250 px with the whole machine,
+swd <= 1.1x, diversity within 10%). With --jobs N, N runs share the machine (cores/N threads each):
+their times do not show what one run takes alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "Images" / "Generation"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+TIME_LIMIT_MIN = 15.0
+SWD_RATIO_MAX = 1.1
+DIVERSITY_TOLERANCE = 0.10
+METRICS = ("swd", "diversity", "nn_patch", "rec_rmse")
+
+
+def run_name(image: str, preset: str, seed: int) -> str:
+    return f"{image}_{preset}_s{seed}"
+
+
+def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
+    """Train and evaluate one model; returns its record (also written as JSON)."""
+    name = run_name(image.stem, preset, seed)
+    out_dir = Path(args.results) / str(args.max_size)
+    model_dir = Path(args.runs) / str(args.max_size) / name
+    if model_dir.exists():  # an interrupted run of this benchmark: its scratch model is redone
+        print(f"{name}: removing the incomplete run in {model_dir}", flush=True)
+        shutil.rmtree(model_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "consingan", "train", "--input_name", str(image), "--preset", preset,
+           "--manualSeed", str(seed), "--max_size", str(args.max_size), "--out_dir", str(model_dir),
+           "--progress", "none", "--device", "cpu", *args.train_args.split()]
+    print(f"{name}: training ({threads} threads)", flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: training failed:\n{proc.stdout}\n{proc.stderr}")
+    ev = subprocess.run([sys.executable, "-m", "consingan", "evaluate", "--model_dir", str(model_dir),
+                         "--num_samples", str(args.num_samples), "--seed", "0", "--device", "cpu"],
+                        env=env, capture_output=True, text=True)
+    if ev.returncode != 0:
+        raise RuntimeError(f"{name}: evaluation failed:\n{ev.stdout}\n{ev.stderr}")
+    metrics = json.loads((model_dir / "Evaluation" / "metrics.json").read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
+              "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
+              "niter": config["niter"], "gp_every": config["gp_every"],
+              "metrics": {k: metrics[k] for k in (*METRICS, "swd_levels", "num_samples", "image_size")},
+              "machine": machine(), "command": args.command}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    top = max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if seed == min(args.seeds):
+        shutil.copyfile(model_dir / str(top) / "samples_grid.png", out_dir / f"{image.stem}_{preset}.png")
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{name}: {seconds / 60:.1f} min, swd {metrics['swd']:.4g}, diversity {metrics['diversity']:.4g}, "
+          f"nn_patch {metrics['nn_patch']:.4g}", flush=True)
+    return record
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def load_records(results: Path) -> dict[int, list[dict]]:
+    by_size: dict[int, list[dict]] = {}
+    for path in sorted(results.glob("*/*.json")):
+        r = json.loads(path.read_text())
+        by_size.setdefault(r["max_size"], []).append(r)
+    return by_size
+
+
+def mean(values) -> float:
+    return statistics.fmean(values)
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Fast against paper, over the (image, seed) pairs that both presets have."""
+    runs = {(r["image"], r["seed"], r["preset"]): r for r in records}
+    pairs = sorted({(i, s) for i, s, p in runs if (i, s, "paper") in runs and (i, s, "fast") in runs})
+    if not pairs:
+        return ["No (image, seed) has runs of both presets yet: nothing to compare."]
+    fast = [runs[i, s, "fast"] for i, s in pairs]
+    paper = [runs[i, s, "paper"] for i, s in pairs]
+    m = {name: {k: mean(r["metrics"][k] for r in rs) for k in METRICS}
+         for name, rs in (("fast", fast), ("paper", paper))}
+    t_fast = mean(r["train_minutes"] for r in fast)
+    t_paper = mean(r["train_minutes"] for r in paper)
+    swd_ratio = m["fast"]["swd"] / m["paper"]["swd"]
+    div_change = m["fast"]["diversity"] / m["paper"]["diversity"] - 1
+    images = sorted({i for i, _ in pairs})
+    seeds = sorted({s for _, s in pairs})
+    alone = all(r["jobs"] == 1 for r in fast)
+    size = fast[0]["max_size"]
+    lines = [f"Fast against paper, averaged over {len(pairs)} runs each ({len(images)} images: "
+             f"{', '.join(images)}; seeds {', '.join(map(str, seeds))}):", "",
+             "| | fast | paper | fast / paper | target |", "|---|---|---|---|---|",
+             f"| training time (min) | {t_fast:.1f} | {t_paper:.1f} | {t_fast / t_paper:.2f} | "
+             f"fast <= {TIME_LIMIT_MIN:.0f} min at 250 px |",
+             f"| swd | {m['fast']['swd']:.4g} | {m['paper']['swd']:.4g} | {swd_ratio:.3f} | <= {SWD_RATIO_MAX} |",
+             f"| diversity | {m['fast']['diversity']:.4g} | {m['paper']['diversity']:.4g} | "
+             f"{1 + div_change:.3f} | within {DIVERSITY_TOLERANCE:.0%} |",
+             f"| nn_patch | {m['fast']['nn_patch']:.4g} | {m['paper']['nn_patch']:.4g} | "
+             f"{m['fast']['nn_patch'] / m['paper']['nn_patch']:.3f} | |",
+             f"| rec_rmse | {m['fast']['rec_rmse']:.4g} | {m['paper']['rec_rmse']:.4g} | "
+             f"{m['fast']['rec_rmse'] / m['paper']['rec_rmse']:.3f} | |", ""]
+    verdicts = [f"- swd: {'met' if swd_ratio <= SWD_RATIO_MAX else 'NOT met'} ({swd_ratio:.3f}x)",
+                f"- diversity: {'met' if abs(div_change) <= DIVERSITY_TOLERANCE else 'NOT met'} "
+                f"({div_change:+.1%})"]
+    if size == 250 and alone:
+        verdicts.append(f"- time: {'met' if t_fast <= TIME_LIMIT_MIN else 'NOT met'} ({t_fast:.1f} min)")
+    else:
+        verdicts.append(f"- time: not judged here ({size} px" + ("" if alone else ", runs sharing the machine")
+                        + "); see the 250-px section")
+    if len(images) < 3 or len(seeds) < 2:
+        verdicts.append("- fewer images or seeds than the protocol asks (3 images x 2 seeds): indicative only")
+    return lines + verdicts
+
+
+def write_results(results: Path, report: Path) -> None:
+    by_size = load_records(results)
+    out = ["# Sample quality of the presets", "",
+           "Written by `benchmarks/quality.py` from the records in `benchmarks/results/`; the commands that made",
+           "them are listed per section. Metrics: `consingan evaluate --num_samples 50 --seed 0` (see README,",
+           "Evaluation): `swd` x1e3 (lower is closer to the training image's patches), `diversity` (pixel std",
+           "across samples / image std), `nn_patch` (distance to the nearest training patch; 0 = copied),",
+           "`rec_rmse`. Time: wall clock of `consingan train`, start-up included.", ""]
+    for size in sorted(by_size, reverse=True):
+        records = sorted(by_size[size], key=lambda r: (r["image"], r["preset"] != "paper", r["seed"]))
+        jobs = sorted({r["jobs"] for r in records})
+        commands = sorted({r["command"] for r in records})
+        out += [f"## {size} px", "",
+                f"Machine: {records[0]['machine']}; runs at a time: {', '.join(map(str, jobs))}. Made by:", "",
+                *[f"    {c}" for c in commands], "",
+                "| image | preset | niter | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for r in records:
+            groups.setdefault((r["image"], r["preset"]), []).append(r)
+        for (image, preset), rs in groups.items():
+            vals = {k: mean(r["metrics"][k] for r in rs) for k in METRICS}
+            out.append(f"| {image} | {preset} | {rs[0]['niter']} | {rs[0]['gp_every']} | "
+                       f"{', '.join(str(r['seed']) for r in rs)} | {mean(r['train_minutes'] for r in rs):.1f} | "
+                       f"{vals['swd']:.4g} | {vals['diversity']:.4g} | {vals['nn_patch']:.4g} | "
+                       f"{vals['rec_rmse']:.4g} |")
+        out += ["", "Per run:", "", "| run | time (min) | swd | diversity | nn_patch |", "|---|---|---|---|---|"]
+        for r in records:
+            m = r["metrics"]
+            out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
+                       f"{m['swd']:.4g} | {m['diversity']:.4g} | {m['nn_patch']:.4g} |")
+        out += [""] + summary(records) + ["", "Sample grids (first seed, 10 samples each):", ""]
+        for (image, preset) in groups:
+            grid = results / str(size) / f"{image}_{preset}.png"
+            if grid.exists():
+                link = Path(os.path.relpath(grid, report.parent)).as_posix()
+                out.append(f"- {image}, {preset}: ![{image} {preset}]({link})")
+        out.append("")
+    report.write_text("\n".join(out))
+    print(f"wrote {report}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", nargs="+", default=None, help="file stems in Images/Generation [all]")
+    ap.add_argument("--presets", nargs="+", default=["paper", "fast"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--max_size", type=int, default=250)
+    ap.add_argument("--num_samples", type=int, default=50)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
+    ap.add_argument("--runs", default=str(ROOT / "benchmarks" / "quality_runs"), help="scratch folder for models")
+    ap.add_argument("--results", default=str(RESULTS_DIR), help="folder of the run records and grids")
+    ap.add_argument("--report", default=str(RESULTS_MD), help="the Markdown table to write")
+    ap.add_argument("--train_args", default="", help="more `consingan train` flags for every run (e.g. for a "
+                    "smoke test: '--niter 2 --nfc 8'); they are part of the record's command")
+    ap.add_argument("--report_only", action="store_true", help="only rebuild RESULTS.md from the records")
+    args = ap.parse_args()
+    args.command = "python benchmarks/quality.py " + " ".join(
+        f"'{a}'" if " " in a else a for a in sys.argv[1:])
+    if not args.report_only:
+        stems = args.images or sorted(p.stem for p in IMAGES.glob("*.png"))
+        images = [IMAGES / f"{s}.png" for s in stems]
+        missing = [str(p) for p in images if not p.exists()]
+        if missing:
+            raise SystemExit(f"error: no such example image: {', '.join(missing)}")
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        done = Path(args.results) / str(args.max_size)
+        todo = [(img, p, s) for p in args.presets for s in args.seeds for img in images
+                if not (done / f"{run_name(img.stem, p, s)}.json").exists()]
+        # the slow runs first, so that the last jobs to finish are short ones
+        todo.sort(key=lambda t: t[1] != "paper")
+        print(f"{len(todo)} runs to do at {args.max_size} px, {args.jobs} at a time", flush=True)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for f in [pool.submit(one_run, img, p, s, args, threads) for img, p, s in todo]:
+                f.result()
+    write_results(Path(args.results), Path(args.report))
+
+
+if __name__ == "__main__":
+    main()
