@@ -43,7 +43,7 @@ def penalty_weight(config: Config, iteration: int, j: int) -> int:
     (the paper), or with ``gp_every`` k > 1 (lazy penalty, StyleGAN2's lazy regularisation; changes the
     numbers) k in one update of every k, counted over the whole stage, and 0 in the others."""
     k = config.gp_every
-    return 1 if k == 1 else (k if (iteration * config.Dsteps + j) % k == 0 else 0)
+    return k if (iteration * config.Dsteps + j) % k == 0 else 0
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
