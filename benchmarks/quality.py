@@ -61,21 +61,28 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
+    config = json.loads((model_dir / "config.json").read_text())
+    record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
+              "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
+              "niter": config["niter"], "gp_every": config["gp_every"], "metrics": None, "failed": None,
+              "machine": machine(), "command": args.command}
+    out_dir.mkdir(parents=True, exist_ok=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name}: training failed:\n{proc.stdout}\n{proc.stderr}")
+        # A run that training itself stops (e.g. a saturated generator) is a result: recorded, not averaged.
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        if not errors:
+            raise RuntimeError(f"{name}: training crashed:\n{proc.stdout}\n{proc.stderr}")
+        record["failed"] = errors[-1][len("error:"):].strip()
+        (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"{name}: stopped after {seconds / 60:.1f} min: {record['failed']}", flush=True)
+        return record
     ev = subprocess.run([sys.executable, "-m", "consingan", "evaluate", "--model_dir", str(model_dir),
                          "--num_samples", str(args.num_samples), "--seed", "0", "--device", "cpu"],
                         env=env, capture_output=True, text=True)
     if ev.returncode != 0:
         raise RuntimeError(f"{name}: evaluation failed:\n{ev.stdout}\n{ev.stderr}")
     metrics = json.loads((model_dir / "Evaluation" / "metrics.json").read_text())
-    config = json.loads((model_dir / "config.json").read_text())
-    record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
-              "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
-              "niter": config["niter"], "gp_every": config["gp_every"],
-              "metrics": {k: metrics[k] for k in (*METRICS, "swd_levels", "num_samples", "image_size")},
-              "machine": machine(), "command": args.command}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    record["metrics"] = {k: metrics[k] for k in (*METRICS, "swd_levels", "num_samples", "image_size")}
     top = max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if seed == min(args.seeds):
         shutil.copyfile(model_dir / str(top) / "samples_grid.png", out_dir / f"{image.stem}_{preset}.png")
@@ -105,7 +112,7 @@ def mean(values) -> float:
 
 def summary(records: list[dict]) -> list[str]:
     """Fast against paper, over the (image, seed) pairs that both presets have."""
-    runs = {(r["image"], r["seed"], r["preset"]): r for r in records}
+    runs = {(r["image"], r["seed"], r["preset"]): r for r in records if not r.get("failed")}
     pairs = sorted({(i, s) for i, s, p in runs if (i, s, "paper") in runs and (i, s, "fast") in runs})
     if not pairs:
         return ["No (image, seed) has runs of both presets yet: nothing to compare."]
@@ -143,6 +150,10 @@ def summary(records: list[dict]) -> list[str]:
                         + "); see the 250-px section")
     if len(images) < 3 or len(seeds) < 2:
         verdicts.append("- fewer images or seeds than the protocol asks (3 images x 2 seeds): indicative only")
+    failed = [r for r in records if r.get("failed")]
+    if failed:
+        verdicts.append(f"- left out: {len(failed)} run(s) that training stopped, and their other preset's "
+                        "run of the same image and seed (see the per-run table)")
     return lines + verdicts
 
 
@@ -165,8 +176,13 @@ def write_results(results: Path, report: Path) -> None:
                 "|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in records:
-            groups.setdefault((r["image"], r["preset"]), []).append(r)
+            groups.setdefault((r["image"], r["preset"]), [])
+            if not r.get("failed"):
+                groups[r["image"], r["preset"]].append(r)
         for (image, preset), rs in groups.items():
+            if not rs:
+                out.append(f"| {image} | {preset} | | | | | every run stopped | | | |")
+                continue
             vals = {k: mean(r["metrics"][k] for r in rs) for k in METRICS}
             out.append(f"| {image} | {preset} | {rs[0]['niter']} | {rs[0]['gp_every']} | "
                        f"{', '.join(str(r['seed']) for r in rs)} | {mean(r['train_minutes'] for r in rs):.1f} | "
@@ -175,6 +191,10 @@ def write_results(results: Path, report: Path) -> None:
         out += ["", "Per run:", "", "| run | time (min) | swd | diversity | nn_patch |", "|---|---|---|---|---|"]
         for r in records:
             m = r["metrics"]
+            if r.get("failed"):
+                out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
+                           f"stopped: {r['failed']} | | |")
+                continue
             out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
                        f"{m['swd']:.4g} | {m['diversity']:.4g} | {m['nn_patch']:.4g} |")
         out += [""] + summary(records) + ["", "Sample grids (first seed, 10 samples each):", ""]

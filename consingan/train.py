@@ -38,7 +38,8 @@ Stage0Input = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TrainingStopped(Exception):
-    """Training stopped early (Ctrl-C or a non-finite loss); a checkpoint to resume from may exist."""
+    """Training stopped early (Ctrl-C, a non-finite loss, a saturated generator); a checkpoint to resume
+    from may exist."""
 
     def __init__(self, message: str, checkpoint: Path | None, interrupted: bool = False):
         super().__init__(message)
@@ -261,6 +262,12 @@ class Trainer:
                         raise TrainingStopped(
                             f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
                             "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
+                if logged and self._saturated(state):
+                    raise TrainingStopped(
+                        f"the generator's output saturated at stage {k}, iteration {done}: every pixel of the "
+                        "reconstruction is at -1 or 1, where tanh passes no gradient, so training cannot recover. "
+                        "Very dark or very bright images can do this; train again with lower learning rates "
+                        "(e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
                 if done % IMAGES_EVERY == 0 or done == c.niter:
                     writer.image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
                     writer.image(k, f"reconstruction_iter_{done}.png", self._reconstruction(state))
@@ -295,6 +302,10 @@ class Trainer:
     @torch.no_grad()
     def _reconstruction(self, state: StageState) -> torch.Tensor:
         return self.G(state.fixed, state.shapes, state.amps)
+
+    def _saturated(self, state: StageState) -> bool:
+        """Whether every output pixel is at tanh's limits: then no gradient reaches the generator."""
+        return bool((self._reconstruction(state).abs() >= 1).all())
 
     def model(self, final: bool = False) -> ConSinGAN:
         n = len(self.amps)

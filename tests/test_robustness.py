@@ -83,8 +83,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
     real_step = train_mod.train_step
     calls = {"n": 0}
 
-    def failing_step(state, noise, alphas):
-        losses = real_step(state, noise, alphas)
+    def failing_step(state, noise, alphas, iteration=0):
+        losses = real_step(state, noise, alphas, iteration)
         calls["n"] += 1
         if calls["n"] >= 7:  # the loss goes bad in iteration 7
             losses["loss_d"] = losses["loss_d"] * float("nan")
@@ -98,6 +98,26 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
     record = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
     assert record["train"]["iteration"] == 6  # the last checkpoint before the bad loss
     assert all(torch.isfinite(v).all() for v in record["generator"].values())
+
+
+def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
+    """A generator whose every output pixel sits at tanh's limit gets no gradient and never recovers
+    (a real failure on dark images such as hubble_deep_field): stop at the next log point and say what to do."""
+    from consingan.train import RunOptions, Trainer, TrainingStopped
+
+    class Saturating(Trainer):
+        def begin_stage(self, k):
+            super().begin_stage(k)
+            with torch.no_grad():
+                self.G.tail[0].weight.zero_()
+                self.G.tail[0].bias.fill_(-100.0)  # tanh(-100) is exactly -1 in float32
+
+    config = consingan.make_config(train_stages=3, niter=300, nfc=8, min_size=12, max_size=40, manualSeed=1)
+    with pytest.raises(TrainingStopped, match="saturated at stage 0, iteration 1.*--lr_g 1e-4") as stop:
+        Saturating(consingan.read_image(tiny_image), config, RunOptions(out_dir=tmp_path / "sat")).fit()
+    assert stop.value.checkpoint is None  # nothing worth resuming
+    # an ordinary run is not stopped by the check
+    Trainer(consingan.read_image(tiny_image), config.replace(niter=2), RunOptions()).fit()
 
 
 def bad(*args):
