@@ -164,6 +164,8 @@ def run_variant(variant: str, config, stage: int, device, iters: int, warmup: in
 def spawn(variant: str, args, stage: int, iters: int, flops: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--stage", str(stage), "--iters", str(iters),
            "--warmup", str(args.warmup), "--device", args.device, "--max_size", str(args.max_size), "--preset", args.preset]
+    for item in args.set:
+        cmd += ["--set", item]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.no_tune_allocator:
@@ -204,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--max_size", type=int, default=250)
     ap.add_argument("--preset", default="paper", help="paper (default) or fast: the settings of both (a) and (b)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config setting over the preset (e.g. --set Dsteps=1), repeatable")
     ap.add_argument("--only_b", action="store_true", help="time only (b): its speed and peak memory")
     ap.add_argument("--no_tune_allocator", action="store_true",
                     help="run (b) with the default allocator too (to see what consingan.runtime gives)")
@@ -213,7 +217,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = make_config("generation", preset=args.preset, max_size=args.max_size, manualSeed=0)
+    settings = {k: int(v) if v.lstrip("-").isdigit() else float(v)
+                for k, v in (item.split("=", 1) for item in args.set)}
+    config = make_config("generation", preset=args.preset, **{"max_size": args.max_size, "manualSeed": 0, **settings})
     if args.variant:
         print(json.dumps(run_variant(args.variant, config, int(args.stage), device, args.iters, args.warmup,
                                      args.flops, tune_allocator=not args.no_tune_allocator)))
@@ -232,7 +238,8 @@ def main() -> None:
             print(f"stage {k} {r['size'][0]}x{r['size'][1]}: {a_text}(b) {r['b']:.3f} s/iter  "
                   f"(b) {r['flops_b'] / r['b'] / 1e9:.1f} GFLOP/s  (b) peak {r['peak_b']:.0f} MiB", flush=True)
         a_text = f"(a) {total_a / 60:.1f} min  " if total_a else ""
-        print(f"estimated {args.preset}-preset run ({config.train_stages} stages x {config.niter} iterations): "
+        label = args.preset + "".join(f" {item}" for item in args.set)
+        print(f"estimated {label} run ({config.train_stages} stages x {config.niter} iterations): "
               f"{a_text}(b) {total_b / 60:.1f} min")
         print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
         if total_a:

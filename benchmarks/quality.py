@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--max_size", type=int, default=250)
     ap.add_argument("--num_samples", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per run [cores/jobs]")
     ap.add_argument("--runs", default=str(ROOT / "benchmarks" / "quality_runs"), help="scratch folder for models")
     ap.add_argument("--results", default=str(RESULTS_DIR), help="folder of the run records and grids")
     ap.add_argument("--report", default=str(RESULTS_MD), help="the Markdown table to write")
@@ -231,7 +232,7 @@ def main() -> None:
         missing = [str(p) for p in images if not p.exists()]
         if missing:
             raise SystemExit(f"error: no such example image: {', '.join(missing)}")
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         done = Path(args.results) / str(args.max_size)
         todo = [(img, p, s) for p in args.presets for s in args.seeds for img in images
                 if not (done / f"{run_name(img.stem, p, s)}.json").exists()]

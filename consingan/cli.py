@@ -60,13 +60,15 @@ def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
-    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: a fifth of the iterations and a "
-                                "lazy gradient penalty (about 15 min for 250 px on a 2-core CPU; see "
+    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 250 iterations for the top stages "
+                                "(2000 for the first ones) and a lazy gradient penalty (about 15 min for 250 px on a 2-core CPU; see "
                                 "benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
     niter: Annotated[Optional[int], opt("--niter", help="iterations per stage [2000; harmonization/editing 1000]")] = None,
+    niter_low: Annotated[Optional[int], opt("--niter_low", help="iterations of each of the first train_stages - "
+                                            "train_depth stages [0: --niter; fast preset 2000]")] = None,
     min_size: Annotated[Optional[int], opt("--min_size", help="stage-0 short side [25; animation 20; harmonization 120]")] = None,
     max_size: Annotated[Optional[int], opt("--max_size", help="top-stage long side [250]")] = None,
     nfc: Annotated[Optional[int], opt("--nfc", help="channels per conv [64]")] = None,
@@ -123,7 +125,7 @@ def train(
         if not input_name:
             raise UserError("no training image given; pass --input_name PATH")
         config = api.make_config(
-            train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter,
+            train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,

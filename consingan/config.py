@@ -94,6 +94,9 @@ class Config:
     train_depth: int = 3
     lr_scale: float = 0.1
     niter: int = 2000
+    # Iterations of each of the first train_stages - train_depth stages (the small, cheap ones);
+    # 0: niter, as in the paper. The fast preset trains them longer than the top stages.
+    niter_low: int = 0
     min_size: int = 25
     max_size: int = 250
     nfc: int = 64
@@ -119,6 +122,10 @@ class Config:
     @property
     def mode(self) -> Mode:
         return mode_of(self.train_mode)
+
+    def stage_niter(self, stage: int) -> int:
+        """Iterations of ``stage``: niter_low for the first train_stages - train_depth stages if set."""
+        return self.niter_low if self.niter_low and stage < self.train_stages - self.train_depth else self.niter
 
     @property
     def stop_stage(self) -> int:
@@ -159,6 +166,7 @@ class Config:
              f"--min_size {self.min_size} is above --max_size {self.max_size}; "
              "lower --min_size or raise --max_size"),
             (self.niter >= 1, "--niter must be at least 1"),
+            (self.niter_low >= 0, "--niter_low must be 0 (the same as --niter) or more"),
             (self.nfc >= 1, "--nfc must be at least 1"),
             (self.num_layer >= 1, "--num_layer must be at least 1"),
             (self.ker_size >= 1 and self.ker_size % 2 == 1, "--ker_size must be an odd number (paper: 3)"),
@@ -176,11 +184,13 @@ class Config:
 
 # Named sets of settings applied over a mode's defaults (the user's own flags still win). "paper" is
 # METHOD's defaults. "fast" trains a 250-px generation model on a 2-core CPU in about a quarter hour
-# (paper: about 70 min): a fifth of the iterations per stage, and the gradient penalty in one D
-# update of three (weighted x3). benchmarks/quality.py measures what that costs in sample quality.
+# (paper: about 70 min): the small first stages keep all their iterations (they are cheap, and they
+# set the layout and the diversity), the top train_depth stages get an eighth of them, and the gradient
+# penalty is applied in one D update of three (weighted x3). Factors are of the mode's own niter.
+# benchmarks/quality.py measures what that costs in sample quality (benchmarks/RESULTS.md).
 PRESETS: dict[str, Mapping[str, Any]] = {
     "paper": {},
-    "fast": {"niter_factor": 0.2, "gp_every": 3},
+    "fast": {"niter_factor": 0.125, "niter_low_factor": 1.0, "gp_every": 3},
 }
 
 
@@ -189,9 +199,11 @@ def preset_values(preset: str, mode: Mode) -> dict[str, Any]:
         spec = dict(PRESETS[preset])
     except KeyError:
         raise UserError(f"unknown --preset {preset!r}; use one of: {', '.join(PRESETS)}") from None
-    factor = spec.pop("niter_factor", None)
-    if factor is not None:  # a share of the mode's own iteration count (generation 2000 -> 400)
-        spec["niter"] = max(1, round(mode.defaults.get("niter", Config.niter) * factor))
+    niter = mode.defaults.get("niter", Config.niter)
+    for key in ("niter", "niter_low"):  # a share of the mode's own iteration count (generation 2000)
+        factor = spec.pop(f"{key}_factor", None)
+        if factor is not None:
+            spec[key] = max(1, round(niter * factor))
     return spec
 
 

@@ -98,7 +98,7 @@ def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int, 
                              betas=(config.beta1, 0.999))
     # (quirk) the milestone is the float 0.8*niter, as in the reference: when it is not a whole
     # number the learning rate never decays.
-    milestones = [0.8 * config.niter]
+    milestones = [0.8 * config.stage_niter(stage)]
     sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones=milestones, gamma=config.gamma)
     sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestones=milestones, gamma=config.gamma)
     return opt_d, opt_g, sched_d, sched_g
@@ -239,11 +239,12 @@ class Trainer:
         if self.iteration == 0:
             writer.image(k, "real.png", self.reals[k])
         self.G.train()
-        self.progress.start_stage(k, len(self.reals), c.niter, self.iteration)
+        niter = c.stage_niter(k)
+        self.progress.start_stage(k, len(self.reals), niter, self.iteration)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         t0 = time.perf_counter()
         try:
-            while self.iteration < c.niter:
+            while self.iteration < niter:
                 noise = random_noise(c, state.shapes, self.device,
                                      stage0=self.stage0_input(self.reals[0]) if self.stage0_input else None)
                 gp_alphas = torch.rand(c.Dsteps, device=self.device)
@@ -254,10 +255,10 @@ class Trainer:
                 done = self.iteration
                 finite &= torch.isfinite(losses["loss_d"] + losses["loss_g"] + losses["loss_rec"])
                 logged = None
-                if done % LOG_EVERY == 0 or done == c.niter or done == 1:
+                if done % LOG_EVERY == 0 or done == niter or done == 1:
                     logged = {name: float(v) for name, v in losses.items()}  # a host sync: only here
                     writer.log_losses(k, done, logged, opt_g.param_groups[0]["lr"])
-                if done % self.options.checkpoint_every == 0 or done == c.niter or logged:
+                if done % self.options.checkpoint_every == 0 or done == niter or logged:
                     if not bool(finite):
                         raise TrainingStopped(
                             f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
@@ -268,10 +269,10 @@ class Trainer:
                         "reconstruction is at -1 or 1, where tanh passes no gradient, so training cannot recover. "
                         "Very dark or very bright images can do this; train again with lower learning rates "
                         "(e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
-                if done % IMAGES_EVERY == 0 or done == c.niter:
+                if done % IMAGES_EVERY == 0 or done == niter:
                     writer.image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
                     writer.image(k, f"reconstruction_iter_{done}.png", self._reconstruction(state))
-                if done % self.options.checkpoint_every == 0 and done < c.niter:
+                if done % self.options.checkpoint_every == 0 and done < niter:
                     self.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self.save_checkpoint()

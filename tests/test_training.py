@@ -67,6 +67,26 @@ def test_scheduler_decays_at_eighty_percent():
     assert lrs[7] == pytest.approx(5e-4) and lrs[8] == pytest.approx(5e-5)
 
 
+def test_first_stages_train_niter_low_iterations(tmp_path):
+    """--niter_low: the stages below the top train_depth run that many iterations, with their own decay."""
+    import json
+
+    from consingan.train import RunOptions, Trainer
+
+    c = make_config("generation", nfc=4, niter=3, niter_low=5, train_stages=3, train_depth=2, min_size=12,
+                    max_size=30, manualSeed=1)
+    assert [c.stage_niter(k) for k in range(3)] == [5, 3, 3]
+    Trainer(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    last = {}
+    for line in (tmp_path / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        last[r["stage"]] = r["iter"]
+    assert last == {0: 5, 1: 3, 2: 3}
+    G = grown(c, 0)
+    opt_d, _, sd, _ = make_optimizers(G, Discriminator(c), c, 0)
+    assert sd.milestones == {4.0: 1}  # 0.8 * 5
+
+
 def test_noise_amplitude_follows_rmse_rule():
     torch.manual_seed(0)
     c = make_config("generation", nfc=4, train_stages=3, min_size=12, max_size=40, noise_amp=0.1)
