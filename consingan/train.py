@@ -30,6 +30,9 @@ LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
 IMAGES_EVERY = 500  # a sample and a reconstruction into the stage folder (METHOD 3)
 CHECKPOINT_EVERY = 250
 GRID_SAMPLES = 10
+# A reconstruction whose every pixel is this close to -1 or 1 counts as saturated (seen: a run whose
+# stage-0 output sat below -0.996 everywhere, its loss unchanged for 1750 iterations, then exactly -1).
+SATURATION_MARGIN = 1e-3
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "consingan-checkpoint"
 
@@ -266,7 +269,8 @@ class Trainer:
                 if logged and self._saturated(state):
                     raise TrainingStopped(
                         f"the generator's output saturated at stage {k}, iteration {done}: every pixel of the "
-                        "reconstruction is at -1 or 1, where tanh passes no gradient, so training cannot recover. "
+                        "reconstruction is at -1 or 1, where tanh passes (almost) no gradient, so training does "
+                        "not recover. "
                         "Very dark or very bright images can do this; train again with lower learning rates "
                         "(e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
                 if done % IMAGES_EVERY == 0 or done == niter:
@@ -305,8 +309,11 @@ class Trainer:
         return self.G(state.fixed, state.shapes, state.amps)
 
     def _saturated(self, state: StageState) -> bool:
-        """Whether every output pixel is at tanh's limits: then no gradient reaches the generator."""
-        return bool((self._reconstruction(state).abs() >= 1).all())
+        """Whether every output pixel is at (or within 1e-3 of) tanh's limits, for a training image
+        that is not: then (almost) no gradient reaches the generator, and it does not come back."""
+        limit = 1 - SATURATION_MARGIN
+        return bool((self._reconstruction(state).abs() >= limit).all()) and not bool(
+            (state.real.abs() >= limit).all())
 
     def model(self, final: bool = False) -> ConSinGAN:
         n = len(self.amps)

@@ -110,14 +110,15 @@ def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
             super().begin_stage(k)
             with torch.no_grad():
                 self.G.tail[0].weight.zero_()
-                self.G.tail[0].bias.fill_(-100.0)  # tanh(-100) is exactly -1 in float32
+                self.G.tail[0].bias.fill_(-4.0)  # tanh(-4) = -0.99933: not exactly -1, but no way back
 
     config = consingan.make_config(train_stages=3, niter=300, nfc=8, min_size=12, max_size=40, manualSeed=1)
     with pytest.raises(TrainingStopped, match="saturated at stage 0, iteration 1.*--lr_g 1e-4") as stop:
         Saturating(consingan.read_image(tiny_image), config, RunOptions(out_dir=tmp_path / "sat")).fit()
     assert stop.value.checkpoint is None  # nothing worth resuming
-    # an ordinary run is not stopped by the check
+    # an ordinary run is not stopped by the check, nor is a training image that is itself all black
     Trainer(consingan.read_image(tiny_image), config.replace(niter=2), RunOptions()).fit()
+    Saturating(-torch.ones(1, 3, 30, 45), config.replace(niter=2), RunOptions()).fit()
 
 
 def bad(*args):
