@@ -64,7 +64,8 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     config = json.loads((model_dir / "config.json").read_text())
     record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
               "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
-              "niter": config["niter"], "gp_every": config["gp_every"], "metrics": None, "failed": None,
+              "niter": config["niter"], "niter_low": config.get("niter_low", 0),
+              "gp_every": config["gp_every"], "metrics": None, "failed": None,
               "machine": machine(), "command": args.command}
     out_dir.mkdir(parents=True, exist_ok=True)
     if proc.returncode != 0:
@@ -172,7 +173,7 @@ def write_results(results: Path, report: Path) -> None:
         out += [f"## {size} px", "",
                 f"Machine: {records[0]['machine']}; runs at a time: {', '.join(map(str, jobs))}. Made by:", "",
                 *[f"    {c}" for c in commands], "",
-                "| image | preset | niter | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
+                "| image | preset | niter (first stages) | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in records:
@@ -184,7 +185,8 @@ def write_results(results: Path, report: Path) -> None:
                 out.append(f"| {image} | {preset} | | | | | every run stopped | | | |")
                 continue
             vals = {k: mean(r["metrics"][k] for r in rs) for k in METRICS}
-            out.append(f"| {image} | {preset} | {rs[0]['niter']} | {rs[0]['gp_every']} | "
+            low = rs[0].get("niter_low") or rs[0]["niter"]
+            out.append(f"| {image} | {preset} | {rs[0]['niter']} ({low}) | {rs[0]['gp_every']} | "
                        f"{', '.join(str(r['seed']) for r in rs)} | {mean(r['train_minutes'] for r in rs):.1f} | "
                        f"{vals['swd']:.4g} | {vals['diversity']:.4g} | {vals['nn_patch']:.4g} | "
                        f"{vals['rec_rmse']:.4g} |")
@@ -193,7 +195,7 @@ def write_results(results: Path, report: Path) -> None:
             m = r["metrics"]
             if r.get("failed"):
                 out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
-                           f"stopped: {r['failed']} | | |")
+                           f"stopped: {r['failed'].split(': every pixel')[0]} | | |")
                 continue
             out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
                        f"{m['swd']:.4g} | {m['diversity']:.4g} | {m['nn_patch']:.4g} |")

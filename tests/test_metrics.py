@@ -128,7 +128,7 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
         assert r["train_minutes"] > 0
     assert (tmp_path / "results" / "40" / "rocket_fast.png").exists()
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| rocket | fast | 3 | 3 | 1 |" in report and "Fast against paper" in report
+    assert "| rocket | fast | 3 (2000) | 3 | 1 |" in report and "Fast against paper" in report
     assert "](results/40/rocket_fast.png)" in report
     again = run_cli(*args)
     assert "0 runs to do" in again.stdout
