@@ -266,16 +266,17 @@ class Trainer:
                         raise TrainingStopped(
                             f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
                             "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
-                if logged and self._saturated(state):
+                # Every image point is a log point: the reconstruction is computed once for both.
+                rec = self._reconstruction(state) if logged else None
+                if rec is not None and self._saturated(rec, state.real):
                     raise TrainingStopped(
                         f"the generator's output saturated at stage {k}, iteration {done}: every pixel of the "
                         "reconstruction is at -1 or 1, where tanh passes (almost) no gradient, so training does "
-                        "not recover. "
-                        "Very dark or very bright images can do this; train again with lower learning rates "
-                        "(e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
+                        "not recover. Very dark or very bright images can do this; train again with lower "
+                        "learning rates (e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
                 if done % IMAGES_EVERY == 0 or done == niter:
                     writer.image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
-                    writer.image(k, f"reconstruction_iter_{done}.png", self._reconstruction(state))
+                    writer.image(k, f"reconstruction_iter_{done}.png", rec)
                 if done % self.options.checkpoint_every == 0 and done < niter:
                     self.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -308,12 +309,12 @@ class Trainer:
     def _reconstruction(self, state: StageState) -> torch.Tensor:
         return self.G(state.fixed, state.shapes, state.amps)
 
-    def _saturated(self, state: StageState) -> bool:
+    @staticmethod
+    def _saturated(rec: torch.Tensor, real: torch.Tensor) -> bool:
         """Whether every output pixel is at (or within 1e-3 of) tanh's limits, for a training image
         that is not: then (almost) no gradient reaches the generator, and it does not come back."""
         limit = 1 - SATURATION_MARGIN
-        return bool((self._reconstruction(state).abs() >= limit).all()) and not bool(
-            (state.real.abs() >= limit).all())
+        return bool((rec.abs() >= limit).all()) and not bool((real.abs() >= limit).all())
 
     def model(self, final: bool = False) -> ConSinGAN:
         n = len(self.amps)
