@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consingan.config import make_config  # noqa: E402
 from consingan.image import read_image, resize  # noqa: E402
+from consingan.networks import set_fast_kernels  # noqa: E402
 from consingan.noise import random_noise  # noqa: E402
 from consingan.step import StageState, plain_step, train_step  # noqa: E402
 from consingan.train import RunOptions, Trainer, make_optimizers, seed_everything  # noqa: E402
@@ -149,7 +150,8 @@ def run_variant(variant: str, config, stage: int, device, iters: int, warmup: in
     base, trainer = build_state(config, stage, device, channels_last=not plain,
                                 tune_allocator=tune_allocator and not plain)
     if plain:
-        base.G.fast_upsample = False  # torch's bicubic kernel, as the plain computation uses
+        for net in (base.G, base.D):  # torch's own kernels, as the plain computation uses
+            set_fast_kernels(net, False)
         fmt, step = torch.contiguous_format, plain_step
     else:
         fmt, step = trainer.fmt, train_step

@@ -12,7 +12,9 @@ tests/test_training.py):
                 for the penalty, torch's bicubic kernel, default layout
   once_cl       + channels-last layout
   chain         + the penalty's input gradient as an explicit transposed-convolution chain
-  matmul_up     + bicubic upsampling as matrix products  (= consingan's step)
+  matmul_up     + bicubic upsampling as matrix products
+  conv_kernels  + convolution backward with the bias gradient as a separate sum, leaky ReLUs in
+                place  (= consingan's step)
 The allocator setting (consingan.runtime) is process-wide, so it is measured by bench_train.py,
 where (a) and (b) run in separate processes; here no variant has it.
 """
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_train as bt  # noqa: E402
+from consingan.networks import set_fast_kernels  # noqa: E402
 from consingan.step import plain_step, train_step  # noqa: E402
 
 
@@ -51,13 +54,16 @@ def main() -> None:
     device = torch.device("cpu")
     base, _ = bt.build_state(config, stage, device, channels_last=False, tune_allocator=False)
     nchw, cl = torch.contiguous_format, torch.channels_last
-    # name: (step, layout, fast upsample, chain penalty)
-    spec = {"plain": (plain_step, nchw, False, False), "plain_cl": (plain_step, cl, False, False),
-            "once": (train_step, nchw, False, False), "once_cl": (train_step, cl, False, False),
-            "chain": (train_step, cl, False, True), "matmul_up": (train_step, cl, True, True)}
+    # name: (step, layout, fast upsample, chain penalty, fast convolution kernels)
+    spec = {"plain": (plain_step, nchw, False, False, False), "plain_cl": (plain_step, cl, False, False, False),
+            "once": (train_step, nchw, False, False, False), "once_cl": (train_step, cl, False, False, False),
+            "chain": (train_step, cl, False, True, False), "matmul_up": (train_step, cl, True, True, False),
+            "conv_kernels": (train_step, cl, True, True, True)}
     runs = {}
-    for name, (step, fmt, fast_up, chain) in spec.items():
+    for name, (step, fmt, fast_up, chain, fast_conv) in spec.items():
         s = bt.clone_state(base, stage, fmt)
+        for net in (s.G, s.D):
+            set_fast_kernels(net, fast_conv)
         s.G.fast_upsample = fast_up
         if not chain:
             s.D.input_gradient = types.MethodType(generic_input_gradient, s.D)
@@ -74,7 +80,7 @@ def main() -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         first = first or med
-        print(f"{name:10s} {med:.3f} s/iter  x{first / med:.2f} vs plain")
+        print(f"{name:12s} {med:.3f} s/iter  x{first / med:.2f} vs plain")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from consingan.config import make_config
-from consingan.networks import Discriminator, Generator
+from consingan.networks import Conv2d, Discriminator, Generator, set_fast_kernels
 from consingan.step import StageState, plain_step, train_step
 from consingan.train import RunOptions, Trainer, g_param_groups, make_optimizers
 
@@ -143,8 +143,10 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
 
     a, t = _stage_state(mode)
     b = _clone_state(a)
-    a.G.fast_upsample = False  # the straightforward computation: torch's bicubic kernel
-    assert b.G.fast_upsample
+    for net in (a.G, a.D):  # the straightforward computation: torch's kernels
+        set_fast_kernels(net, False)
+    assert b.G.fast_upsample and all(m.summed_bias for m in b.D.modules() if isinstance(m, Conv2d))
+    assert all(m.inplace for m in b.G.modules() if isinstance(m, torch.nn.LeakyReLU))
     before = copy.deepcopy(a.G)
     if channels_last:
         fmt = torch.channels_last
@@ -186,8 +188,9 @@ def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(floa
     a, _ = _stage_state("generation", gp_every=2)
     b, exact = _clone_state(a), _clone_state(a)
     exact.config = a.config.replace(gp_every=1)
-    a.G.fast_upsample = False
-    gen = torch.Generator().manual_seed(1)
+    for net in (a.G, a.D):
+        set_fast_kernels(net, False)
+    gen =  torch.Generator().manual_seed(1)
     for i in range(2):
         noise = random_noise(a.config, a.shapes, "cpu", gen)
         alphas = torch.rand(3, generator=gen)
