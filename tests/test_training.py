@@ -205,10 +205,14 @@ def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(floa
 
 @pytest.mark.parametrize("activation", ["lrelu", "elu"])
 def test_discriminator_input_gradient_equals_autograd(activation, float64):
+    """The penalty's input gradient and its weight gradients against autograd through torch's own
+    convolutions: the explicit chain (leaky ReLU), and the double backward through networks.Conv2d's
+    backward (other activations)."""
     torch.manual_seed(0)
     c = make_config("generation", nfc=8, activation=activation, lrelu_alpha=0.2)
     D1 = Discriminator(c)
     D2 = copy.deepcopy(D1)
+    set_fast_kernels(D1, False)  # torch's own convolution backward and its double backward
     x = torch.randn(2, 3, 24, 30)
     xr = x.clone().requires_grad_(True)
     (g1,) = torch.autograd.grad(D1(xr).sum(), xr, create_graph=True)
