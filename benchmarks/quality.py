@@ -85,7 +85,8 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     metrics = json.loads((model_dir / "Evaluation" / "metrics.json").read_text())
     record["metrics"] = {k: metrics[k] for k in (*METRICS, "swd_levels", "num_samples", "image_size")}
     top = max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    if seed == min(args.seeds):
+    recorded = [json.loads(p.read_text())["seed"] for p in out_dir.glob(f"{image.stem}_{preset}_s*.json")]
+    if seed <= min(recorded, default=seed):  # the grid shows the first seed, also across invocations
         shutil.copyfile(model_dir / str(top) / "samples_grid.png", out_dir / f"{image.stem}_{preset}.png")
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{name}: {seconds / 60:.1f} min, swd {metrics['swd']:.4g}, diversity {metrics['diversity']:.4g}, "
