@@ -150,8 +150,7 @@ def run_variant(variant: str, config, stage: int, device, iters: int, warmup: in
     base, trainer = build_state(config, stage, device, channels_last=not plain,
                                 tune_allocator=tune_allocator and not plain)
     if plain:
-        for net in (base.G, base.D):  # torch's own kernels, as the plain computation uses
-            set_fast_kernels(net, False)
+        set_fast_kernels(base.G, base.D, on=False)  # torch's own kernels, as the plain computation uses
         fmt, step = torch.contiguous_format, plain_step
     else:
         fmt, step = trainer.fmt, train_step

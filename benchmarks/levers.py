@@ -62,8 +62,7 @@ def main() -> None:
     runs = {}
     for name, (step, fmt, fast_up, chain, fast_conv) in spec.items():
         s = bt.clone_state(base, stage, fmt)
-        for net in (s.G, s.D):
-            set_fast_kernels(net, fast_conv)
+        set_fast_kernels(s.G, s.D, on=fast_conv)
         s.G.fast_upsample = fast_up
         if not chain:
             s.D.input_gradient = types.MethodType(generic_input_gradient, s.D)

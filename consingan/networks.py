@@ -75,10 +75,10 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def set_fast_kernels(net: nn.Module, on: bool) -> None:
-    """Switch ``net``'s faster kernels (same numbers up to rounding) on, or off for torch's own: the
-    bicubic upsampling of generators, the convolutions' backward and in-place leaky ReLUs."""
-    for m in net.modules():
+def set_fast_kernels(*nets: nn.Module, on: bool) -> None:
+    """Switch the faster kernels of ``nets`` (same numbers up to rounding) on, or off for torch's own:
+    the bicubic upsampling of generators, the convolutions' backward and in-place leaky ReLUs."""
+    for m in (m for net in nets for m in net.modules()):
         if isinstance(m, Generator):
             m.fast_upsample = on
         elif isinstance(m, Conv2d):

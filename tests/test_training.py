@@ -71,8 +71,6 @@ def test_first_stages_train_niter_low_iterations(tmp_path):
     """--niter_low: the stages below the top train_depth run that many iterations, with their own decay."""
     import json
 
-    from consingan.train import RunOptions, Trainer
-
     c = make_config("generation", nfc=4, niter=3, niter_low=5, train_stages=3, train_depth=2, min_size=12,
                     max_size=30, manualSeed=1)
     assert [c.stage_niter(k) for k in range(3)] == [5, 3, 3]
@@ -143,8 +141,7 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
 
     a, t = _stage_state(mode)
     b = _clone_state(a)
-    for net in (a.G, a.D):  # the straightforward computation: torch's kernels
-        set_fast_kernels(net, False)
+    set_fast_kernels(a.G, a.D, on=False)  # the straightforward computation: torch's kernels
     assert b.G.fast_upsample and all(m.summed_bias for m in b.D.modules() if isinstance(m, Conv2d))
     assert all(m.inplace for m in b.G.modules() if isinstance(m, torch.nn.LeakyReLU))
     before = copy.deepcopy(a.G)
@@ -188,9 +185,8 @@ def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(floa
     a, _ = _stage_state("generation", gp_every=2)
     b, exact = _clone_state(a), _clone_state(a)
     exact.config = a.config.replace(gp_every=1)
-    for net in (a.G, a.D):
-        set_fast_kernels(net, False)
-    gen =  torch.Generator().manual_seed(1)
+    set_fast_kernels(a.G, a.D, on=False)
+    gen = torch.Generator().manual_seed(1)
     for i in range(2):
         noise = random_noise(a.config, a.shapes, "cpu", gen)
         alphas = torch.rand(3, generator=gen)
@@ -212,7 +208,7 @@ def test_discriminator_input_gradient_equals_autograd(activation, float64):
     c = make_config("generation", nfc=8, activation=activation, lrelu_alpha=0.2)
     D1 = Discriminator(c)
     D2 = copy.deepcopy(D1)
-    set_fast_kernels(D1, False)  # torch's own convolution backward and its double backward
+    set_fast_kernels(D1, on=False)  # torch's own convolution backward and its double backward
     x = torch.randn(2, 3, 24, 30)
     xr = x.clone().requires_grad_(True)
     (g1,) = torch.autograd.grad(D1(xr).sum(), xr, create_graph=True)
