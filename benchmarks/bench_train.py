@@ -197,6 +197,16 @@ def bench_stage(args, stage: int, rounds: int, plain: bool = True) -> dict:
     return out
 
 
+def _setting(text: str) -> int | float | str:
+    """A --set value as the number it spells, else as text (e.g. precision=bf16)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", default="top", help="stage index, 'top' (default) or 'all'")
@@ -218,8 +228,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    settings = {k: int(v) if v.lstrip("-").isdigit() else float(v)
-                for k, v in (item.split("=", 1) for item in args.set)}
+    settings = {k: _setting(v) for k, v in (item.split("=", 1) for item in args.set)}
     config = make_config("generation", preset=args.preset, **{"max_size": args.max_size, "manualSeed": 0, **settings})
     if args.variant:
         print(json.dumps(run_variant(args.variant, config, int(args.stage), device, args.iters, args.warmup,

@@ -84,6 +84,8 @@ def train(
     lambda_grad: Annotated[Optional[float], opt("--lambda_grad", help="gradient penalty weight [0.1]")] = None,
     gp_every: Annotated[Optional[int], opt("--gp_every", help="lazy gradient penalty: in one D update of N, "
                                            "weighted xN (changes the numbers) [1: every update; fast preset 3]")] = None,
+    precision: Annotated[Optional[str], opt("--precision", help="fp32 or bf16: bfloat16 convolutions (autocast; "
+                                             "changes the numbers; faster on GPUs and on CPUs with AVX512-BF16 or AMX) [fp32]")] = None,
     alpha: Annotated[Optional[float], opt("--alpha", help="reconstruction loss weight [10]")] = None,
     activation: Annotated[Optional[str], opt("--activation", help="lrelu|elu|prelu|selu [lrelu]")] = None,
     lrelu_alpha: Annotated[Optional[float], opt("--lrelu_alpha", help="leaky relu slope [0.05; harmonization 0.3]")] = None,
@@ -128,7 +130,7 @@ def train(
             train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
-            lambda_grad=lambda_grad, gp_every=gp_every, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
+            lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
             batch_norm=batch_norm, manualSeed=manualSeed)
         dev = api.resolve_device(device, gpu, not_cuda)
         image = api.read_image(input_name)

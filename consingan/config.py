@@ -74,6 +74,7 @@ MODES: dict[str, Mode] = {
 }
 
 ACTIVATIONS = ("lrelu", "elu", "prelu", "selu")
+PRECISIONS = ("fp32", "bf16")
 
 
 def mode_of(name: str) -> Mode:
@@ -113,6 +114,10 @@ class Config:
     # Lazy gradient penalty (not in the paper; changes the numbers): the penalty in one D update of
     # every gp_every, weighted by gp_every. 1: in every update, as the paper.
     gp_every: int = 1
+    # Arithmetic of the networks' convolutions and products (not in the paper; bf16 changes the numbers):
+    # "fp32", or "bf16" (autocast: bfloat16 convolutions with float32 weights, optimizer and losses;
+    # faster on GPUs and on CPUs with bfloat16 instructions, AVX512-BF16 or AMX).
+    precision: str = "fp32"
     alpha: float = 10.0
     activation: str = "lrelu"
     lrelu_alpha: float = 0.05
@@ -172,6 +177,8 @@ class Config:
             (self.ker_size >= 1 and self.ker_size % 2 == 1, "--ker_size must be an odd number (paper: 3)"),
             (self.Gsteps >= 1 and self.Dsteps >= 1, "--Gsteps and --Dsteps must be at least 1"),
             (self.gp_every >= 1, "--gp_every must be at least 1 (1: the paper's penalty in every D update)"),
+            (self.precision in PRECISIONS,
+             f"unknown --precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}"),
             (self.activation in ACTIVATIONS,
              f"unknown --activation {self.activation!r}; use one of: {', '.join(ACTIVATIONS)}"),
             (self.lr_g > 0 and self.lr_d > 0, "--lr_g and --lr_d must be positive"),

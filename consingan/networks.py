@@ -70,8 +70,13 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.summed_bias and self.bias is not None and self.padding_mode == "zeros" and torch.is_grad_enabled():
-            return _ConvSummedBias.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                         self.groups)
+            w, b = self.weight, self.bias
+            if torch.is_autocast_enabled(x.device.type):
+                # Cast as autocast would, but outside the Function: its backward then runs on the low
+                # precision tensors, and the casts' own backward returns float32 weight gradients.
+                dt = torch.get_autocast_dtype(x.device.type)
+                x, w, b = x.to(dt), w.to(dt), b.to(dt)
+            return _ConvSummedBias.apply(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         return super().forward(x)
 
 
@@ -85,6 +90,12 @@ def set_fast_kernels(*nets: nn.Module, on: bool) -> None:
             m.summed_bias = on
         elif isinstance(m, nn.LeakyReLU) and m.negative_slope >= 0:
             m.inplace = on
+
+
+def autocast(config: Config, x: torch.Tensor):
+    """The context a network's forward pass runs in: bfloat16 autocast for --precision bf16, else
+    nothing. Networks enter it themselves, so backward passes run outside it and outputs are float32."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
 def conv_block(in_ch: int, out_ch: int, config: Config, norm: bool) -> nn.Sequential:
@@ -185,10 +196,12 @@ class Discriminator(nn.Module):
         self.head = conv_block(3, n, config, norm=False)
         self.body = nn.Sequential(*[conv_block(n, n, config, norm=False) for _ in range(config.num_layer)])
         self.tail = Conv2d(n, 1, config.ker_size, stride=1, padding=0)
+        self.config = config
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.body(self.head(x)))
+        with autocast(self.config, x):
+            return self.tail(self.body(self.head(x))).float()
 
     def input_gradient(self, x: torch.Tensor) -> torch.Tensor:
         """d sum(D(x)) / dx, as a graph that is differentiable with respect to D's weights.
@@ -206,6 +219,11 @@ class Discriminator(nn.Module):
             x = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self(x).sum(), x, create_graph=True)
             return grad
+        with autocast(self.config, x):
+            return self._leaky_input_gradient(x, blocks, acts).float()
+
+    def _leaky_input_gradient(self, x: torch.Tensor, blocks: list[nn.Sequential],
+                              acts: list[nn.Module]) -> torch.Tensor:
         outs = []  # each block's activation: its sign is the sign of the pre-activation
         with torch.no_grad():
             h = x
@@ -255,6 +273,11 @@ class Generator(nn.Module):
 
     def forward(self, noise: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
                 amps: Sequence[float | torch.Tensor]) -> torch.Tensor:
+        with autocast(self.config, noise[0]):
+            return self._forward(noise, shapes, amps).float()
+
+    def _forward(self, noise: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
+                 amps: Sequence[float | torch.Tensor]) -> torch.Tensor:
         c = self.config
         p = c.pad
         border = c.num_layer * p  # pixels the num_layer convs of one stage trim from each side

@@ -232,3 +232,27 @@ def test_step_changes_weights():
     after = list(s.G.body[-1].parameters()) + [s.D.tail.weight]
     assert all(not torch.equal(x, y) for x, y in zip(before, after))
     assert torch.equal(s.G.body[0][0][0].weight, s.G.body[0][0][0].weight)
+
+
+@pytest.mark.parametrize("mode", ["generation", "harmonization"])  # harmonization: batch norm, lrelu 0.3
+def test_bf16_step_follows_the_float32_step(mode):
+    """--precision bf16 changes the numbers but not the direction: from the same state and noise, its
+    updates of G and D point where the float32 step's do, and the weights stay float32."""
+    from consingan.noise import random_noise
+
+    a, _ = _stage_state(mode)
+    b, _ = _stage_state(mode, precision="bf16")
+    start = {net: torch.cat([p.detach().flatten() for p in getattr(a, net).parameters()]) for net in "GD"}
+    assert all(torch.equal(start[net], torch.cat([p.flatten() for p in getattr(b, net).parameters()])) for net in "GD")
+    gen = torch.Generator().manual_seed(1)
+    noise = random_noise(a.config, a.shapes, "cpu", gen)
+    alphas = torch.rand(3, generator=gen)
+    losses_a, losses_b = train_step(a, noise, alphas), train_step(b, noise, alphas)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses_b.values())
+    for net in "GD":
+        params_b = list(getattr(b, net).parameters())
+        assert all(p.dtype == torch.float32 for p in params_b)
+        da = torch.cat([p.detach().flatten() for p in getattr(a, net).parameters()]) - start[net]
+        db = torch.cat([p.detach().flatten() for p in params_b]) - start[net]
+        assert not torch.equal(da, db)  # bfloat16 did run
+        assert torch.nn.functional.cosine_similarity(da, db, dim=0) > 0.9, net
