@@ -242,14 +242,15 @@ def main() -> None:
         total_a = total_b = 0.0
         for k in range(config.train_stages):
             r = bench_stage(args, k, args.rounds, plain=not args.only_b)
-            total_b += r["b"] * config.niter
-            total_a += r.get("a", 0.0) * config.niter
+            total_b += r["b"] * config.stage_niter(k)
+            total_a += r.get("a", 0.0) * config.stage_niter(k)
             a_text = f"(a) {r['a']:.3f} s/iter  " if "a" in r else ""
             print(f"stage {k} {r['size'][0]}x{r['size'][1]}: {a_text}(b) {r['b']:.3f} s/iter  "
                   f"(b) {r['flops_b'] / r['b'] / 1e9:.1f} GFLOP/s  (b) peak {r['peak_b']:.0f} MiB", flush=True)
         a_text = f"(a) {total_a / 60:.1f} min  " if total_a else ""
         label = args.preset + "".join(f" {item}" for item in args.set)
-        print(f"estimated {label} run ({config.train_stages} stages x {config.niter} iterations): "
+        iters = "/".join(str(config.stage_niter(k)) for k in range(config.train_stages))
+        print(f"estimated {label} run ({iters} iterations per stage): "
               f"{a_text}(b) {total_b / 60:.1f} min")
         print(f"matmul ceiling {ceiling:.1f} GFLOP/s")
         if total_a:
