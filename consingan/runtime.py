@@ -1,4 +1,4 @@
-"""Process settings that make CPU training faster without changing any number."""
+"""Process settings that make CPU training faster without changing any number, and what the CPU can do."""
 from __future__ import annotations
 
 import ctypes
@@ -34,3 +34,14 @@ def tune_cpu_allocator() -> bool:
         ok = False
     _done = ok
     return ok
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16), which --precision bf16
+    needs to be faster than float32; None where /proc/cpuinfo cannot tell (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))

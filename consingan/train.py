@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import Config
-from .errors import UserError
+from .errors import ConSinGANWarning, UserError
 from .image import grid, pyramid, save_image, training_image
 from .model import ConSinGAN
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
 from .progress import NoProgress
-from .runtime import tune_cpu_allocator
+from .runtime import cpu_has_bf16, tune_cpu_allocator
 from .step import StageState, train_step
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
@@ -174,6 +175,10 @@ class Trainer:
         self.device = torch.device(options.device)
         if self.device.type == "cpu" and options.tune_allocator:
             tune_cpu_allocator()
+        if self.device.type == "cpu" and config.precision == "bf16" and cpu_has_bf16() is False:
+            warnings.warn("--precision bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so "
+                          "bfloat16 is emulated and likely slower than the default --precision fp32",
+                          ConSinGANWarning, stacklevel=2)
         self.fmt = torch.channels_last if options.channels_last else torch.contiguous_format
         self.real_full = training_image(image, config).to(self.device)
         self.reals = [self._layout(r) for r in pyramid(self.real_full, config)]

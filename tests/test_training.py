@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -256,3 +257,19 @@ def test_bf16_step_follows_the_float32_step(mode):
         db = torch.cat([p.detach().flatten() for p in params_b]) - start[net]
         assert not torch.equal(da, db)  # bfloat16 did run
         assert torch.nn.functional.cosine_similarity(da, db, dim=0) > 0.9, net
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    import importlib
+
+    from consingan.errors import ConSinGANWarning
+
+    train = importlib.import_module("consingan.train")  # the module (the package exports a function of that name)
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    with pytest.warns(ConSinGANWarning, match="no bfloat16 instructions"):
+        _stage_state("generation", precision="bf16")
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConSinGANWarning)
+        _stage_state("generation", precision="bf16")
