@@ -113,6 +113,11 @@ def train(
     try:
         if resume:
             out = Path(resume)
+            fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
+            if fixed:
+                raise UserError(f"--resume goes on with the settings recorded in {out / 'config.json'}, so "
+                                f"{', '.join(fixed)} would be ignored; drop them (only --device, --progress and "
+                                "--checkpoint_every can change)")
             with stopped_message(out):
                 api.resume(out, device=str(api.resolve_device(device, gpu, not_cuda)), progress=progress,
                            checkpoint_every=checkpoint_every)
@@ -143,6 +148,13 @@ def train(
     typer.echo(f"Model saved to: {out}")
 
 
+def given_flags(ctx: typer.Context) -> list:
+    """The command's options that were typed on the command line (not left at their defaults)."""
+    return [p for p in ctx.command.params if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+
+
+# Flags --resume takes: the run's own settings come from its directory.
+RESUME_FLAGS = {"resume", "device", "gpu", "not_cuda", "progress", "checkpoint_every"}
 # Flags a fine-tuning run takes; the model's other settings cannot change.
 FINE_TUNE_FLAGS = {"input_name", "train_mode", "niter", "manualSeed", "device", "gpu", "not_cuda", "out_dir",
                    "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir"}
@@ -155,8 +167,7 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
         raise UserError("--model_dir is for fine-tuning; add --fine_tune --naive_img NAIVE (or leave --model_dir out)")
     if not model_dir or not naive_img:
         raise UserError("--fine_tune needs --model_dir M (a harmonization or editing model) and --naive_img NAIVE")
-    given = [p for p in ctx.command.params
-             if getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+    given = given_flags(ctx)
     fixed = [p.opts[0] for p in given if p.name not in FINE_TUNE_FLAGS]
     if fixed:
         raise UserError(f"{', '.join(fixed)} cannot change when fine-tuning (the model's settings are kept); "

@@ -175,6 +175,11 @@ def test_model_dir_without_a_model(tmp_path):
     assert "model" in bad("main_generate.py", "--model_dir", tmp_path / "empty")
 
 
+def test_resume_refuses_training_flags_it_would_ignore(tmp_path):
+    message = bad("main_train.py", "--resume", tmp_path / "run", "--niter", "5", "--preset", "fast")
+    assert "--preset, --niter would be ignored" in message and "config.json" in message
+
+
 def test_resume_without_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     assert "checkpoint" in bad("main_train.py", "--resume", tmp_path / "empty")
