@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from consingan.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "Images" / "Generation"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -65,6 +66,8 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
               "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
               "niter": config["niter"], "niter_low": config.get("niter_low", 0),
+              "iterations": [Config.from_dict(config).stage_niter(k) for k in range(config["train_stages"])],
+              "precision": config.get("precision", "fp32"),
               "gp_every": config["gp_every"], "metrics": None, "failed": None,
               "machine": machine(), "command": args.command}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +177,7 @@ def write_results(results: Path, report: Path) -> None:
         out += [f"## {size} px", "",
                 f"Machine: {records[0]['machine']}; runs at a time: {', '.join(map(str, jobs))}. Made by:", "",
                 *[f"    {c}" for c in commands], "",
-                "| image | preset | niter (first stages) | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
+                "| image | preset | iterations per stage | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in records:
@@ -186,8 +189,7 @@ def write_results(results: Path, report: Path) -> None:
                 out.append(f"| {image} | {preset} | | | | | every run stopped | | | |")
                 continue
             vals = {k: mean(r["metrics"][k] for r in rs) for k in METRICS}
-            low = rs[0].get("niter_low") or rs[0]["niter"]
-            out.append(f"| {image} | {preset} | {rs[0]['niter']} ({low}) | {rs[0]['gp_every']} | "
+            out.append(f"| {image} | {preset} | {iterations_text(rs[0])} | {rs[0]['gp_every']} | "
                        f"{', '.join(str(r['seed']) for r in rs)} | {mean(r['train_minutes'] for r in rs):.1f} | "
                        f"{vals['swd']:.4g} | {vals['diversity']:.4g} | {vals['nn_patch']:.4g} | "
                        f"{vals['rec_rmse']:.4g} |")
@@ -209,6 +211,23 @@ def write_results(results: Path, report: Path) -> None:
         out.append("")
     report.write_text("\n".join(out))
     print(f"wrote {report}")
+
+
+def iterations_text(record: dict) -> str:
+    """Per-stage iterations as runs of equal counts, e.g. '2000x3, 250x3' (older records: from niter and
+    niter_low, the first three stages being the low ones); ', bf16' when the run used it."""
+    iters = record.get("iterations")
+    if iters is None:
+        low = record.get("niter_low") or record["niter"]
+        iters = [low] * 3 + [record["niter"]] * 3
+    runs: list[list[int]] = []
+    for n in iters:
+        if runs and runs[-1][0] == n:
+            runs[-1][1] += 1
+        else:
+            runs.append([n, 1])
+    text = ", ".join(f"{n}x{count}" for n, count in runs)
+    return text + (f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else "")
 
 
 def main() -> None:

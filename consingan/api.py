@@ -137,7 +137,8 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     if train_mode is not None and train_mode != model.config.train_mode:
         raise UserError(f"--train_mode {train_mode} does not match the model, which was trained with "
                         f"--train_mode {model.config.train_mode}; leave --train_mode out or pass that mode")
-    given = {"niter": niter, "manualSeed": manualSeed}
+    # a given niter is the top stage's, whatever per-stage counts the model was trained with
+    given = {"niter": niter, "niter_stages": () if niter is not None else None, "manualSeed": manualSeed}
     model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     naive_img = as_image(naive, "naive image")
     _harmonize.check_aspect(naive_img, model.real)

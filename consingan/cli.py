@@ -69,6 +69,8 @@ def train(
     niter: Annotated[Optional[int], opt("--niter", help="iterations per stage [2000; harmonization/editing 1000]")] = None,
     niter_low: Annotated[Optional[int], opt("--niter_low", help="iterations of each of the first train_stages - "
                                             "train_depth stages [0: --niter; fast preset 2000]")] = None,
+    niter_stages: Annotated[Optional[str], opt("--niter_stages", help="iterations of every stage, lowest first, "
+                                               "e.g. 2000,2000,2000,2000,800,350 (overrides --niter and --niter_low)")] = None,
     min_size: Annotated[Optional[int], opt("--min_size", help="stage-0 short side [25; animation 20; harmonization 120]")] = None,
     max_size: Annotated[Optional[int], opt("--max_size", help="top-stage long side [250]")] = None,
     nfc: Annotated[Optional[int], opt("--nfc", help="channels per conv [64]")] = None,
@@ -133,6 +135,7 @@ def train(
             raise UserError("no training image given; pass --input_name PATH")
         config = api.make_config(
             train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
+            niter_stages=parse_counts(niter_stages, "--niter_stages"),
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
@@ -146,6 +149,16 @@ def train(
     except UserError as e:
         fail(str(e))
     typer.echo(f"Model saved to: {out}")
+
+
+def parse_counts(text: str | None, flag: str) -> tuple[int, ...] | None:
+    """'2000,800,350' -> (2000, 800, 350)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not a comma-separated list of whole numbers, e.g. 2000,2000,800") from None
 
 
 def given_flags(ctx: typer.Context) -> list:

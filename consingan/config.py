@@ -98,6 +98,9 @@ class Config:
     # Iterations of each of the first train_stages - train_depth stages (the small, cheap ones);
     # 0: niter, as in the paper. The fast preset trains them longer than the top stages.
     niter_low: int = 0
+    # Iterations of every stage, lowest first (one per stage; not in the paper): overrides niter and
+    # niter_low. Empty: niter / niter_low.
+    niter_stages: tuple[int, ...] = ()
     min_size: int = 25
     max_size: int = 250
     nfc: int = 64
@@ -129,7 +132,10 @@ class Config:
         return mode_of(self.train_mode)
 
     def stage_niter(self, stage: int) -> int:
-        """Iterations of ``stage``: niter_low for the first train_stages - train_depth stages if set."""
+        """Iterations of ``stage``: niter_stages[stage] if set, else niter_low for the first
+        train_stages - train_depth stages if set, else niter."""
+        if self.niter_stages:
+            return self.niter_stages[stage]
         return self.niter_low if self.niter_low and stage < self.train_stages - self.train_depth else self.niter
 
     @property
@@ -153,7 +159,10 @@ class Config:
         unknown = set(d) - names
         if unknown:
             raise UserError(f"unknown config keys {sorted(unknown)}: the model file is from another version")
-        return cls(**dict(d))
+        d = dict(d)
+        if "niter_stages" in d:  # a JSON list
+            d["niter_stages"] = tuple(d["niter_stages"])
+        return cls(**d)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes).validated()
@@ -172,6 +181,10 @@ class Config:
              "lower --min_size or raise --max_size"),
             (self.niter >= 1, "--niter must be at least 1"),
             (self.niter_low >= 0, "--niter_low must be 0 (the same as --niter) or more"),
+            (not self.niter_stages or len(self.niter_stages) == self.train_stages,
+             f"--niter_stages has {len(self.niter_stages)} values for {self.train_stages} stages; give one per stage "
+             "(--train_stages), lowest first"),
+            (all(n >= 1 for n in self.niter_stages), "--niter_stages values must be at least 1"),
             (self.nfc >= 1, "--nfc must be at least 1"),
             (self.num_layer >= 1, "--num_layer must be at least 1"),
             (self.ker_size >= 1 and self.ker_size % 2 == 1, "--ker_size must be an odd number (paper: 3)"),
@@ -218,7 +231,10 @@ def make_config(train_mode: str = "generation", preset: str = "paper", **given: 
     """Paper defaults, then the mode's defaults, then the preset's, then the values the user gave
     (None = not given)."""
     mode = mode_of(train_mode)
-    values = {**mode.defaults, **preset_values(preset, mode), **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in given.items() if v is not None}
+    values = {**mode.defaults, **preset_values(preset, mode), **given}
+    if "niter_stages" not in given and ("niter" in given or "niter_low" in given):
+        values.pop("niter_stages", None)  # the user's --niter / --niter_low win over a preset's per-stage counts
     # As in the reference, a run without --manualSeed gets a random seed, recorded in the config.
     values.setdefault("manualSeed", random.randint(1, 10000))
     names = {f.name for f in dataclasses.fields(Config)}

@@ -79,5 +79,11 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
     assert fast.replace(niter=paper.niter, niter_low=0, gp_every=1) == paper  # nothing else changes
     assert make_config("harmonization", preset="fast", manualSeed=1).niter == 125
     assert make_config("generation", preset="fast", niter=700, manualSeed=1).niter == 700
+    counts = (1, 2, 3, 4, 5, 6)
+    assert [make_config("generation", niter_stages=counts, niter=9).stage_niter(k) for k in range(6)] == list(counts)
+    with pytest.raises(UserError, match="--niter_stages has 2 values for 6 stages"):
+        make_config("generation", niter_stages=(5, 5))
+    with pytest.raises(UserError, match="at least 1"):
+        make_config("generation", niter_stages=(5, 5, 0, 5, 5, 5))
     with pytest.raises(UserError, match="--preset"):
         make_config("generation", preset="quick")

@@ -86,6 +86,26 @@ def test_first_stages_train_niter_low_iterations(tmp_path):
     assert sd.milestones == {4.0: 1}  # 0.8 * 5
 
 
+def test_niter_stages_sets_every_stage_and_survives_the_model_file(tmp_path):
+    """--niter_stages: each stage runs its own count (over --niter and --niter_low), decays at 0.8 of it,
+    and the counts come back from JSON as they went in."""
+    import json
+
+    from consingan.config import Config
+
+    c = make_config("generation", nfc=4, niter=3, niter_low=5, niter_stages=(4, 2, 6), train_stages=3,
+                    train_depth=2, min_size=12, max_size=30, manualSeed=1)
+    Trainer(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    last = {}
+    for line in (tmp_path / "log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        last[r["stage"]] = r["iter"]
+    assert last == {0: 4, 1: 2, 2: 6}
+    _, _, sd, _ = make_optimizers(grown(c, 2), Discriminator(c), c, 2)
+    assert sd.milestones == {0.8 * 6: 1}
+    assert Config.from_dict(json.loads(c.to_json())) == c  # as config.json and model.pt store it
+
+
 def test_noise_amplitude_follows_rmse_rule():
     torch.manual_seed(0)
     c = make_config("generation", nfc=4, train_stages=3, min_size=12, max_size=40, noise_amp=0.1)
