@@ -36,6 +36,15 @@ def opt(*names: str, help: str = "", **kw):
 DeviceOpt = Annotated[str, opt("--device", help="auto|cpu|cuda (auto: CUDA when available)")]
 GpuOpt = Annotated[Optional[int], opt("--gpu", help="GPU index")]
 NotCudaOpt = Annotated[bool, opt("--not_cuda", help="run on the CPU")]
+# The model that generate and evaluate read.
+ModelDirOpt = Annotated[Optional[str], opt("--model_dir", help="a trained model's directory")]
+
+
+def load_model_arg(model_dir: Optional[str], device: str, gpu: Optional[int], not_cuda: bool):
+    """The model named by --model_dir, on the device the device flags pick."""
+    if not model_dir:
+        raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
+    return api.load_model(model_dir, device=api.resolve_device(device, gpu, not_cuda))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -214,7 +223,7 @@ def print_warnings() -> None:
 
 @app.command()
 def generate(
-    model_dir: Annotated[Optional[str], opt("--model_dir", help="a trained model's directory")] = None,
+    model_dir: ModelDirOpt = None,
     num_samples: Annotated[int, opt("--num_samples", help="random samples to write")] = 50,
     scale_h: Annotated[float, opt("--scale_h", help="output height factor")] = 1.0,
     scale_w: Annotated[float, opt("--scale_w", help="output width factor")] = 1.0,
@@ -245,12 +254,9 @@ def generate(
         consingan generate --model_dir M_animation --start_scale 1 --beta 0.9 --num_frames 50 --seed 0
     """
     try:
-        if not model_dir:
-            raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
-        if num_samples < 0 or scale_h <= 0 or scale_w <= 0:
+        if model_dir and (num_samples < 0 or scale_h <= 0 or scale_w <= 0):
             raise UserError("--num_samples must be >= 0 and --scale_h/--scale_w > 0")
-        dev = api.resolve_device(device, gpu, not_cuda)
-        model = api.load_model(model_dir, device=dev)
+        model = load_model_arg(model_dir, device, gpu, not_cuda)
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
@@ -288,7 +294,7 @@ def write_animations(model, target: Path, seed: Optional[int], start_scale: Opti
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Optional[str], opt("--model_dir", help="a trained model's directory")] = None,
+    model_dir: ModelDirOpt = None,
     num_samples: Annotated[int, opt("--num_samples", help="random samples to judge (at least 2)")] = 50,
     seed: Annotated[int, opt("--seed", help="seed of the samples, patch positions and projections")] = 0,
     naive_img: Annotated[Optional[str], opt("--naive_img", help="harmonization/editing: judge the result on "
@@ -307,10 +313,7 @@ def evaluate(
     from .metrics import format_table
 
     try:
-        if not model_dir:
-            raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
-        dev = api.resolve_device(device, gpu, not_cuda)
-        model = api.load_model(model_dir, device=dev)
+        model = load_model_arg(model_dir, device, gpu, not_cuda)
         target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
         path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)
     except UserError as e:
