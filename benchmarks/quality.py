@@ -46,9 +46,15 @@ def run_name(image: str, preset: str, seed: int) -> str:
     return f"{image}_{preset}_s{seed}"
 
 
+def label_of(record: dict) -> str:
+    """What a run's settings are called in the tables: its --label, else its preset."""
+    return record.get("label") or record["preset"]
+
+
 def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     """Train and evaluate one model; returns its record (also written as JSON)."""
-    name = run_name(image.stem, preset, seed)
+    label = args.label or preset
+    name = run_name(image.stem, label, seed)
     out_dir = Path(args.results) / str(args.max_size)
     model_dir = Path(args.runs) / str(args.max_size) / name
     if model_dir.exists():  # an interrupted run of this benchmark: its scratch model is redone
@@ -63,7 +69,7 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     config = json.loads((model_dir / "config.json").read_text())
-    record = {"image": image.stem, "preset": preset, "seed": seed, "max_size": args.max_size,
+    record = {"image": image.stem, "preset": preset, "label": label, "seed": seed, "max_size": args.max_size,
               "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
               "niter": config["niter"], "niter_low": config.get("niter_low", 0),
               "iterations": [Config.from_dict(config).stage_niter(k) for k in range(config["train_stages"])],
@@ -88,9 +94,9 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     metrics = json.loads((model_dir / "Evaluation" / "metrics.json").read_text())
     record["metrics"] = {k: metrics[k] for k in (*METRICS, "swd_levels", "num_samples", "image_size")}
     top = max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-    recorded = [json.loads(p.read_text())["seed"] for p in out_dir.glob(f"{image.stem}_{preset}_s*.json")]
+    recorded = [json.loads(p.read_text())["seed"] for p in out_dir.glob(f"{image.stem}_{label}_s*.json")]
     if seed <= min(recorded, default=seed):  # the grid shows the first seed, also across invocations
-        shutil.copyfile(model_dir / str(top) / "samples_grid.png", out_dir / f"{image.stem}_{preset}.png")
+        shutil.copyfile(model_dir / str(top) / "samples_grid.png", out_dir / f"{image.stem}_{label}.png")
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{name}: {seconds / 60:.1f} min, swd {metrics['swd']:.4g}, diversity {metrics['diversity']:.4g}, "
           f"nn_patch {metrics['nn_patch']:.4g}", flush=True)
@@ -117,7 +123,7 @@ def mean(values) -> float:
 
 def summary(records: list[dict]) -> list[str]:
     """Fast against paper, over the (image, seed) pairs that both presets have."""
-    runs = {(r["image"], r["seed"], r["preset"]): r for r in records if not r.get("failed")}
+    runs = {(r["image"], r["seed"], label_of(r)): r for r in records if not r.get("failed")}
     pairs = sorted({(i, s) for i, s, p in runs if (i, s, "paper") in runs and (i, s, "fast") in runs})
     if not pairs:
         return ["No (image, seed) has runs of both presets yet: nothing to compare."]
@@ -171,19 +177,19 @@ def write_results(results: Path, report: Path) -> None:
            "across samples / image std), `nn_patch` (distance to the nearest training patch; 0 = copied),",
            "`rec_rmse`. Time: wall clock of `consingan train`, start-up included.", ""]
     for size in sorted(by_size, reverse=True):
-        records = sorted(by_size[size], key=lambda r: (r["image"], r["preset"] != "paper", r["seed"]))
+        records = sorted(by_size[size], key=lambda r: (r["image"], r["preset"] != "paper", label_of(r), r["seed"]))
         jobs = sorted({r["jobs"] for r in records})
         commands = sorted({r["command"] for r in records})
         out += [f"## {size} px", "",
                 f"Machine: {records[0]['machine']}; runs at a time: {', '.join(map(str, jobs))}. Made by:", "",
                 *[f"    {c}" for c in commands], "",
-                "| image | preset | iterations per stage | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
+                "| image | settings | iterations per stage | gp_every | seeds | time (min) | swd | diversity | nn_patch | rec_rmse |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         groups: dict = {}
         for r in records:
-            groups.setdefault((r["image"], r["preset"]), [])
+            groups.setdefault((r["image"], label_of(r)), [])
             if not r.get("failed"):
-                groups[r["image"], r["preset"]].append(r)
+                groups[r["image"], label_of(r)].append(r)
         for (image, preset), rs in groups.items():
             if not rs:
                 out.append(f"| {image} | {preset} | | | | | every run stopped | | | |")
@@ -197,10 +203,10 @@ def write_results(results: Path, report: Path) -> None:
         for r in records:
             m = r["metrics"]
             if r.get("failed"):
-                out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
+                out.append(f"| {run_name(r['image'], label_of(r), r['seed'])} | {r['train_minutes']:.1f} | "
                            f"stopped: {r['failed'].split(': every pixel')[0]} | | |")
                 continue
-            out.append(f"| {run_name(r['image'], r['preset'], r['seed'])} | {r['train_minutes']:.1f} | "
+            out.append(f"| {run_name(r['image'], label_of(r), r['seed'])} | {r['train_minutes']:.1f} | "
                        f"{m['swd']:.4g} | {m['diversity']:.4g} | {m['nn_patch']:.4g} |")
         out += [""] + summary(records) + ["", "Sample grids (first seed, 10 samples each):", ""]
         for (image, preset) in groups:
@@ -244,8 +250,13 @@ def main() -> None:
     ap.add_argument("--report", default=str(RESULTS_MD), help="the Markdown table to write")
     ap.add_argument("--train_args", default="", help="more `consingan train` flags for every run (e.g. for a "
                     "smoke test: '--niter 2 --nfc 8'); they are part of the record's command")
+    ap.add_argument("--label", default=None, help="name these runs' settings in the records and tables "
+                    "[the preset]; give one when --train_args change a preset, so that the runs are not "
+                    "compared as the preset itself")
     ap.add_argument("--report_only", action="store_true", help="only rebuild RESULTS.md from the records")
     args = ap.parse_args()
+    if args.label and len(args.presets) != 1:
+        raise SystemExit("error: --label names the runs of one preset; give one --presets value with it")
     args.command = "python benchmarks/quality.py " + " ".join(
         f"'{a}'" if " " in a else a for a in sys.argv[1:])
     if not args.report_only:
@@ -257,7 +268,7 @@ def main() -> None:
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         done = Path(args.results) / str(args.max_size)
         todo = [(img, p, s) for p in args.presets for s in args.seeds for img in images
-                if not (done / f"{run_name(img.stem, p, s)}.json").exists()]
+                if not (done / f"{run_name(img.stem, args.label or p, s)}.json").exists()]
         # the slow runs first, so that the last jobs to finish are short ones
         todo.sort(key=lambda t: t[1] != "paper")
         print(f"{len(todo)} runs to do at {args.max_size} px, {args.jobs} at a time", flush=True)
