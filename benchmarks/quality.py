@@ -20,6 +20,7 @@ their times do not show what one run takes alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -69,10 +70,12 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     config = json.loads((model_dir / "config.json").read_text())
+    # config.json also holds the run's facts (input_name, device, preset): keep the Config fields
+    settings = Config.from_dict({f.name: config[f.name] for f in dataclasses.fields(Config) if f.name in config})
     record = {"image": image.stem, "preset": preset, "label": label, "seed": seed, "max_size": args.max_size,
               "threads": threads, "jobs": args.jobs, "train_minutes": seconds / 60,
               "niter": config["niter"], "niter_low": config.get("niter_low", 0),
-              "iterations": [Config.from_dict(config).stage_niter(k) for k in range(config["train_stages"])],
+              "iterations": [settings.stage_niter(k) for k in range(settings.train_stages)],
               "precision": config.get("precision", "fp32"),
               "gp_every": config["gp_every"], "metrics": None, "failed": None,
               "machine": machine(), "command": args.command}
@@ -208,7 +211,9 @@ def write_results(results: Path, report: Path) -> None:
                 continue
             out.append(f"| {run_name(r['image'], label_of(r), r['seed'])} | {r['train_minutes']:.1f} | "
                        f"{m['swd']:.4g} | {m['diversity']:.4g} | {m['nn_patch']:.4g} |")
-        out += [""] + summary(records) + ["", "Sample grids (first seed, 10 samples each):", ""]
+        notes = [f"- {run_name(r['image'], label_of(r), r['seed'])}: {r['note']}" for r in records if r.get("note")]
+        out += ([""] + notes if notes else []) + [""] + summary(records)
+        out += ["", "Sample grids (first seed, 10 samples each):", ""]
         for (image, preset) in groups:
             grid = results / str(size) / f"{image}_{preset}.png"
             if grid.exists():

@@ -27,6 +27,7 @@ from .image import from_numpy, read_image, save_image, stage_sizes, training_ima
 from .model import ConSinGAN
 from .model_file import MODEL_FILE, load_model, save_model
 from .progress import make_progress
+from .runtime import resolve_precision
 from .train import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer
 from .train import train as _train_loop
 
@@ -91,6 +92,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         _harmonize.check_aspect(naive_img, trained)
         preview = _harmonize.stage_preview(naive_img)
     dev = resolve_device(device)
+    config = resolve_precision(config, dev)  # config.json records what the run uses
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_new_dir(out)

@@ -74,7 +74,7 @@ MODES: dict[str, Mode] = {
 }
 
 ACTIVATIONS = ("lrelu", "elu", "prelu", "selu")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def mode_of(name: str) -> Mode:
@@ -119,7 +119,9 @@ class Config:
     gp_every: int = 1
     # Arithmetic of the networks' convolutions and products (not in the paper; bf16 changes the numbers):
     # "fp32", or "bf16" (autocast: bfloat16 convolutions with float32 weights, optimizer and losses;
-    # faster on GPUs and on CPUs with bfloat16 instructions, AVX512-BF16 or AMX).
+    # faster on GPUs and on CPUs with bfloat16 instructions, AVX512-BF16 or AMX), or "auto": bf16 where
+    # the training device has them, else fp32, decided when training starts (runtime.resolve_precision;
+    # the model records what was used).
     precision: str = "fp32"
     alpha: float = 10.0
     activation: str = "lrelu"
@@ -203,14 +205,15 @@ class Config:
 
 
 # Named sets of settings applied over a mode's defaults (the user's own flags still win). "paper" is
-# METHOD's defaults. "fast" trains a 250-px generation model on a 2-core CPU in about a quarter hour
-# (paper: about 70 min): the small first stages keep all their iterations (they are cheap, and they
-# set the layout and the diversity), the top train_depth stages get an eighth of them, and the gradient
-# penalty is applied in one D update of three (weighted x3). Factors are of the mode's own niter.
-# benchmarks/quality.py measures what that costs in sample quality (benchmarks/RESULTS.md).
+# METHOD's defaults. "fast" trains a 250-px generation model in about 13 min on a 2-core CPU with
+# bfloat16 instructions (paper: about 75 min): the small first stages keep all their iterations (they
+# are cheap, and they set the layout and the diversity), the top train_depth stages get a quarter of
+# them, and the arithmetic is bfloat16 where the device has it. The gradient penalty stays in every D
+# update: the lazy penalty (--gp_every 3) cost far more quality than it saved time. Factors are of the
+# mode's own niter. benchmarks/quality.py measures what it costs in sample quality (benchmarks/RESULTS.md).
 PRESETS: dict[str, Mapping[str, Any]] = {
     "paper": {},
-    "fast": {"niter_factor": 0.125, "niter_low_factor": 1.0, "gp_every": 3},
+    "fast": {"niter_factor": 0.25, "niter_low_factor": 1.0, "precision": "auto"},
 }
 
 

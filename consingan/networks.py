@@ -98,6 +98,11 @@ def autocast(config: Config, x: torch.Tensor):
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
+def full_precision(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A network's output in its input's dtype (autocast leaves it in bfloat16)."""
+    return out.to(like.dtype)
+
+
 def conv_block(in_ch: int, out_ch: int, config: Config, norm: bool) -> nn.Sequential:
     """Conv (no padding) -> [BatchNorm] -> activation."""
     layers: list[nn.Module] = [Conv2d(in_ch, out_ch, config.ker_size, stride=1, padding=0)]
@@ -201,7 +206,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.config, x):
-            return self.tail(self.body(self.head(x))).float()
+            return full_precision(self.tail(self.body(self.head(x))), x)
 
     def input_gradient(self, x: torch.Tensor) -> torch.Tensor:
         """d sum(D(x)) / dx, as a graph that is differentiable with respect to D's weights.
@@ -220,7 +225,7 @@ class Discriminator(nn.Module):
             (grad,) = torch.autograd.grad(self(x).sum(), x, create_graph=True)
             return grad
         with autocast(self.config, x):
-            return self._leaky_input_gradient(x, blocks, acts).float()
+            return full_precision(self._leaky_input_gradient(x, blocks, acts), x)
 
     def _leaky_input_gradient(self, x: torch.Tensor, blocks: list[nn.Sequential],
                               acts: list[nn.Module]) -> torch.Tensor:
@@ -274,7 +279,7 @@ class Generator(nn.Module):
     def forward(self, noise: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
                 amps: Sequence[float | torch.Tensor]) -> torch.Tensor:
         with autocast(self.config, noise[0]):
-            return self._forward(noise, shapes, amps).float()
+            return full_precision(self._forward(noise, shapes, amps), noise[0])
 
     def _forward(self, noise: Sequence[torch.Tensor], shapes: Sequence[Sequence[int]],
                  amps: Sequence[float | torch.Tensor]) -> torch.Tensor:

@@ -5,6 +5,10 @@ import ctypes
 import ctypes.util
 import sys
 
+import torch
+
+from .config import Config
+
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _done = False
 
@@ -45,3 +49,18 @@ def cpu_has_bf16() -> bool | None:
     except OSError:
         return None
     return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (a CUDA GPU that supports it, or a CPU with
+    bfloat16 instructions)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(cpu_has_bf16())
+
+
+def resolve_precision(config: Config, device: torch.device) -> Config:
+    """``config`` with --precision auto made concrete for ``device``: bf16 where it is native, else fp32."""
+    if config.precision != "auto":
+        return config
+    return config.replace(precision="bf16" if native_bf16(device) else "fp32")

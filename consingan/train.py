@@ -24,7 +24,7 @@ from .model import ConSinGAN
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
 from .progress import NoProgress
-from .runtime import cpu_has_bf16, tune_cpu_allocator
+from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
 from .step import StageState, train_step
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
@@ -168,11 +168,11 @@ class Trainer:
 
     def __init__(self, image: torch.Tensor, config: Config, options: RunOptions = RunOptions(),
                  progress=None, stage0_input: Stage0Input | None = None):
-        self.config = config
+        self.device = torch.device(options.device)
+        self.config = config = resolve_precision(config, self.device)
         self.options = options
         self.progress = progress or NoProgress()
         self.stage0_input = stage0_input
-        self.device = torch.device(options.device)
         if self.device.type == "cpu" and options.tune_allocator:
             tune_cpu_allocator()
         if self.device.type == "cpu" and config.precision == "bf16" and cpu_has_bf16() is False:

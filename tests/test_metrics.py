@@ -128,7 +128,15 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
         assert r["train_minutes"] > 0
     assert (tmp_path / "results" / "40" / "rocket_fast.png").exists()
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "| rocket | fast | 3 (2000) | 3 | 1 |" in report and "Fast against paper" in report
+    assert "| rocket | fast | 3x3 | 3 | 1 |" in report and "Fast against paper" in report
     assert "](results/40/rocket_fast.png)" in report
     again = run_cli(*args)
     assert "0 runs to do" in again.stdout
+    # a preset changed by --train_args, under its own label: its own record and row, not the preset's
+    labelled = [*args[:-1], args[-1] + " --precision bf16", "--presets", "paper", "--label", "paper-bf16"]
+    assert "1 runs to do" in run_cli(*labelled).stdout
+    record = json.loads((tmp_path / "results" / "40" / "rocket_paper-bf16_s1.json").read_text())
+    assert (record["preset"], record["label"], record["precision"]) == ("paper", "paper-bf16", "bf16")
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| rocket | paper-bf16 | 3x3, bf16 | 1 | 1 |" in report
+    assert "averaged over 1 runs each" in report  # still paper against fast only

@@ -73,11 +73,11 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
     paper = make_config("generation", manualSeed=1)
     assert (paper.niter, paper.gp_every) == (2000, 1)
     fast = make_config("generation", preset="fast", manualSeed=1)
-    assert (fast.niter, fast.niter_low, fast.gp_every) == (250, 2000, 3)
-    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 250, 250, 250]
+    assert (fast.niter, fast.niter_low, fast.gp_every, fast.precision) == (500, 2000, 1, "auto")
+    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 500, 500, 500]
     assert [paper.stage_niter(k) for k in range(6)] == [2000] * 6
-    assert fast.replace(niter=paper.niter, niter_low=0, gp_every=1) == paper  # nothing else changes
-    assert make_config("harmonization", preset="fast", manualSeed=1).niter == 125
+    assert fast.replace(niter=paper.niter, niter_low=0, precision="fp32") == paper  # nothing else changes
+    assert make_config("harmonization", preset="fast", manualSeed=1).niter == 250
     assert make_config("generation", preset="fast", niter=700, manualSeed=1).niter == 700
     counts = (1, 2, 3, 4, 5, 6)
     assert [make_config("generation", niter_stages=counts, niter=9).stage_niter(k) for k in range(6)] == list(counts)

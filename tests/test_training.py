@@ -194,8 +194,8 @@ def test_lazy_penalty_weights_cover_every_update_once_on_average():
     assert [penalty_weight(paper, i, j) for i in range(2) for j in range(3)] == [1] * 6
     lazy = make_config("generation", gp_every=2, manualSeed=0)
     assert [penalty_weight(lazy, i, j) for i in range(2) for j in range(3)] == [2, 0, 2, 0, 2, 0]
-    fast = make_config("generation", preset="fast", manualSeed=0)
-    weights = [penalty_weight(fast, i, j) for i in range(10) for j in range(3)]
+    lazy3 = make_config("generation", gp_every=3, manualSeed=0)
+    weights = [penalty_weight(lazy3, i, j) for i in range(10) for j in range(3)]
     assert weights[:3] == [3, 0, 0] and sum(weights) == len(weights)
 
 
@@ -293,3 +293,21 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConSinGANWarning)
         _stage_state("generation", precision="bf16")
+
+
+def test_precision_auto_is_bf16_exactly_where_the_device_has_it(monkeypatch):
+    """--precision auto (the fast preset's): bf16 on a CPU with bfloat16 instructions, fp32 on one without;
+    the trainer, its networks and so the model file get the concrete value; explicit values stay."""
+    import importlib
+
+    from consingan.runtime import resolve_precision
+
+    runtime = importlib.import_module("consingan.runtime")
+    cpu = torch.device("cpu")
+    for has, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has: has)
+        assert resolve_precision(make_config("generation", precision="auto"), cpu).precision == expected
+        assert resolve_precision(make_config("generation", precision="fp32"), cpu).precision == "fp32"
+        assert resolve_precision(make_config("generation", precision="bf16"), cpu).precision == "bf16"
+        _, t = _stage_state("generation", precision="auto")
+        assert t.config.precision == t.G.config.precision == t.D.config.precision == expected
