@@ -69,9 +69,9 @@ def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
-    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 250 iterations for the top stages "
-                                "(2000 for the first ones) and a lazy gradient penalty (about 15 min for 250 px on a 2-core CPU; see "
-                                "benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
+    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 500 iterations for the top stages "
+                                "(2000 for the first ones) in bfloat16 where the machine has it (about 14 min for 250 px on a "
+                                "2-core CPU with AVX512-BF16; see benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
@@ -94,9 +94,10 @@ def train(
     Dsteps: Annotated[Optional[int], opt("--Dsteps", help="discriminator steps per iteration [3]")] = None,
     lambda_grad: Annotated[Optional[float], opt("--lambda_grad", help="gradient penalty weight [0.1]")] = None,
     gp_every: Annotated[Optional[int], opt("--gp_every", help="lazy gradient penalty: in one D update of N, "
-                                           "weighted xN (changes the numbers) [1: every update; fast preset 3]")] = None,
-    precision: Annotated[Optional[str], opt("--precision", help="fp32 or bf16: bfloat16 convolutions (autocast; "
-                                             "changes the numbers; faster on GPUs and on CPUs with AVX512-BF16 or AMX) [fp32]")] = None,
+                                           "weighted xN (changes the numbers) [1: every update]")] = None,
+    precision: Annotated[Optional[str], opt("--precision", help="fp32, bf16 (bfloat16 convolutions, autocast; "
+                                             "changes the numbers; faster on GPUs and on CPUs with AVX512-BF16 or AMX) or auto (bf16 "
+                                             "where the device has it) [fp32; fast preset auto]")] = None,
     alpha: Annotated[Optional[float], opt("--alpha", help="reconstruction loss weight [10]")] = None,
     activation: Annotated[Optional[str], opt("--activation", help="lrelu|elu|prelu|selu [lrelu]")] = None,
     lrelu_alpha: Annotated[Optional[float], opt("--lrelu_alpha", help="leaky relu slope [0.05; harmonization 0.3]")] = None,
