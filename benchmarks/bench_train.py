@@ -76,7 +76,8 @@ def build_state(config, stage: int, device: torch.device, channels_last: bool,
     for k in range(stage + 1):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim
-    return StageState(config, t.G, t.D, opt_g, opt_d, t.reals[stage], list(t.shapes[:stage + 1]),
+    # t.config: the trainer's, with --precision auto made concrete for the device
+    return StageState(t.config, t.G, t.D, opt_g, opt_d, t.reals[stage], list(t.shapes[:stage + 1]),
                       list(t.amps), t.fixed), t
 
 

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from consingan.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "Images" / "Generation"
 RESULTS_DIR = ROOT / "benchmarks" / "results"

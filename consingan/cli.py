@@ -255,9 +255,9 @@ def generate(
         consingan generate --model_dir M_animation --start_scale 1 --beta 0.9 --num_frames 50 --seed 0
     """
     try:
-        if model_dir and (num_samples < 0 or scale_h <= 0 or scale_w <= 0):
-            raise UserError("--num_samples must be >= 0 and --scale_h/--scale_w > 0")
         model = load_model_arg(model_dir, device, gpu, not_cuda)
+        if num_samples < 0 or scale_h <= 0 or scale_w <= 0:
+            raise UserError("--num_samples must be >= 0 and --scale_h/--scale_w > 0")
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")

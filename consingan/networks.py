@@ -94,7 +94,8 @@ def set_fast_kernels(*nets: nn.Module, on: bool) -> None:
 
 def autocast(config: Config, x: torch.Tensor):
     """The context a network's forward pass runs in: bfloat16 autocast for --precision bf16, else
-    nothing. Networks enter it themselves, so backward passes run outside it and outputs are float32."""
+    nothing. Networks enter it themselves, so backward passes run outside it, and they hand their outputs
+    back in their inputs' dtype (:func:`full_precision`)."""
     return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
