@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 import torch
@@ -40,6 +41,7 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change; /proc/cpuinfo is read once
 def cpu_has_bf16() -> bool | None:
     """Whether the CPU has bfloat16 instructions (AVX512-BF16 or AMX-BF16), which --precision bf16
     needs to be faster than float32; None where /proc/cpuinfo cannot tell (not Linux)."""
