@@ -13,7 +13,8 @@ runs (default allocator), (b) as `consingan train` runs (consingan.runtime.tune_
 discriminator step (twice without gradients, once with), D run separately on the real, fake and
 interpolated images, the gradient penalty by autograd's double backward, torch's bicubic
 interpolation kernel, default memory layout. (b) is what `consingan train` runs (consingan.step.train_step
-with the trainer's memory layout). Both start from the same state and see the same noise.
+with the trainer's memory layout; on a GPU, replayed from CUDA graphs, consingan.graphs). Both start from the
+same state and see the same noise.
 
 Prints seconds per iteration for each, the achieved GFLOP/s of (b) (FLOPs counted by
 torch.utils.flop_counter over one iteration of (b)), the machine's float32 matrix-multiply GFLOP/s
@@ -36,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consingan.config import make_config  # noqa: E402
+from consingan.graphs import WARMUP, make_step  # noqa: E402
 from consingan.image import read_image, resize  # noqa: E402
 from consingan.networks import set_fast_kernels  # noqa: E402
 from consingan.noise import random_noise  # noqa: E402
@@ -154,10 +156,16 @@ def run_variant(variant: str, config, stage: int, device, iters: int, warmup: in
         set_fast_kernels(base.G, base.D, on=False)  # torch's own kernels, as the plain computation uses
         fmt, step = torch.contiguous_format, plain_step
     else:
-        fmt, step = trainer.fmt, train_step
+        # what the trainer runs: on a GPU, train_step replayed from CUDA graphs, which record after
+        # their warm-up iterations (kept out of the timing)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            warmup = max(warmup, WARMUP + 1)
+        fmt, runner = trainer.fmt, make_step(base, device, trainer.options.cuda_graphs)
+        step = lambda s, noise, alphas, i: runner(noise, alphas, i)  # noqa: E731
     out = {"stage": stage, "size": list(base.shapes[-1])}
-    if flops:
-        out["flops"] = count_flops(step, base, device, fmt)
+    if flops:  # (b)'s operations are train_step's, graphs or not
+        out["flops"] = count_flops(plain_step if plain else train_step, base, device, fmt)
     out["times"] = time_steps(step, base, iters, warmup, device, fmt)
     out["peak_mib"] = peak_memory_mib(device)
     return out
@@ -260,8 +268,9 @@ def main() -> None:
     stage = config.train_stages - 1 if args.stage == "top" else int(args.stage)
     r = bench_stage(args, stage, args.rounds, plain=not args.only_b)
     gflops = r["flops_b"] / r["b"] / 1e9
+    warm = max(args.warmup, WARMUP + 1) if device.type == "cuda" else args.warmup  # (b) on a GPU: see run_variant
     print(f"stage {stage} ({r['size'][0]}x{r['size'][1]}): median of {r['n']} iterations per variant "
-          f"({args.rounds} processes each, {args.warmup} warm-up each)")
+          f"({args.rounds} processes each, {warm} warm-up each)")
     if "a" in r:
         print(f"(a) straightforward: {r['a']:.3f} s/iter, peak memory {r['peak_a']:.0f} MiB ({mem})")
     print(f"(b) consingan:       {r['b']:.3f} s/iter, peak memory {r['peak_b']:.0f} MiB ({mem})")

@@ -96,7 +96,9 @@ def autocast(config: Config, x: torch.Tensor):
     """The context a network's forward pass runs in: bfloat16 autocast for --precision bf16, else
     nothing. Networks enter it themselves, so backward passes run outside it, and they hand their outputs
     back in their inputs' dtype (:func:`full_precision`)."""
-    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    # no cast cache: a CUDA graph (graphs.py) must not record casts that a cache keeps between calls
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
+                          cache_enabled=False)
 
 
 def full_precision(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,11 @@ stage trains) and resuming (the loop starts from a checkpoint's stage and iterat
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,8 @@ from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
 from .progress import NoProgress
 from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
-from .step import StageState, train_step
+from .graphs import make_step
+from .step import StageState
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
 IMAGES_EVERY = 500  # a sample and a reconstruction into the stage folder (METHOD 3)
@@ -60,6 +62,8 @@ class RunOptions:
     channels_last: bool = True  # same numbers, faster convolutions on CPU and GPU
     checkpoint_every: int = CHECKPOINT_EVERY
     tune_allocator: bool = True  # CPU: keep freed memory for reuse (runtime.py); same numbers
+    # GPU: replay each iteration from a CUDA graph (graphs.py); same numbers. CONSINGAN_CUDA_GRAPHS=0: off.
+    cuda_graphs: bool = field(default_factory=lambda: os.environ.get("CONSINGAN_CUDA_GRAPHS", "1") != "0")
     # preview(partial model) -> {file name: image}, written into each stage's folder at its end
     # (harmonization/editing: the result on the naive image given with --naive_img).
     preview: Callable[[ConSinGAN], dict[str, torch.Tensor]] | None = None
@@ -249,6 +253,7 @@ class Trainer:
         self.G.train()
         niter = c.stage_niter(k)
         self.progress.start_stage(k, len(self.reals), niter, self.iteration)
+        step = make_step(state, self.device, self.options.cuda_graphs)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         t0 = time.perf_counter()
         try:
@@ -256,7 +261,7 @@ class Trainer:
                 noise = random_noise(c, state.shapes, self.device,
                                      stage0=self.stage0_input(self.reals[0]) if self.stage0_input else None)
                 gp_alphas = torch.rand(c.Dsteps, device=self.device)
-                losses = train_step(state, [self._layout(z) for z in noise], gp_alphas, self.iteration)
+                losses = step([self._layout(z) for z in noise], gp_alphas, self.iteration)
                 sched_d.step()
                 sched_g.step()
                 self.iteration += 1

@@ -79,8 +79,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
     import importlib
 
     train_mod = importlib.import_module("consingan.train")  # the module, not the consingan.train function
+    graphs_mod = importlib.import_module("consingan.graphs")  # where the trainer's step comes from
 
-    real_step = train_mod.train_step
+    real_step = graphs_mod.train_step
     calls = {"n": 0}
 
     def failing_step(state, noise, alphas, iteration=0):
@@ -90,7 +91,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
             losses["loss_d"] = losses["loss_d"] * float("nan")
         return losses
 
-    monkeypatch.setattr(train_mod, "train_step", failing_step)
+    monkeypatch.setattr(graphs_mod, "train_step", failing_step)
     config = consingan.make_config(train_stages=3, niter=20, nfc=8, min_size=12, max_size=40, manualSeed=1)
     options = train_mod.RunOptions(out_dir=tmp_path / "nan", checkpoint_every=3)
     with pytest.raises(train_mod.TrainingStopped, match="NaN"):

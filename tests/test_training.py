@@ -121,10 +121,10 @@ def test_noise_amplitude_follows_rmse_rule():
     assert t.amps[1] > 0
 
 
-def _stage_state(mode, seed=0, **kw):
+def _stage_state(mode, seed=0, device="cpu", channels_last=False, **kw):
     torch.manual_seed(seed)
     c = make_config(mode, nfc=8, train_stages=3, min_size=12, max_size=40, niter=10, manualSeed=seed, **kw)
-    t = Trainer(torch.rand(1, 3, 30, 40) * 2 - 1, c, RunOptions(channels_last=False))
+    t = Trainer(torch.rand(1, 3, 30, 40) * 2 - 1, c, RunOptions(device=device, channels_last=channels_last))
     for k in range(3):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim
