@@ -15,7 +15,7 @@ from consingan.step import StageState, plain_step, train_step
 
 from conftest import run_cli
 from test_robustness import start_training, wait_for
-from test_training import _clone_state, _max_rel_diff, _stage_state, float64  # noqa: F401
+from test_training import _assert_same_networks, _clone_state, _max_rel_diff, _stage_state, float64  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -38,9 +38,7 @@ def test_cuda_train_step_equals_plain_computation(mode, float64):
         la, lb = plain_step(a, noise, alphas), train_step(b, noise, alphas)
         for name in la:
             assert torch.allclose(la[name], lb[name], rtol=1e-5, atol=1e-8), name
-    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
-        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
-            assert torch.allclose(p, q, rtol=1e-5, atol=1e-8), n
+    _assert_same_networks(a, b)
     assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
 
 
@@ -63,9 +61,7 @@ def test_graph_replays_equal_eager_iterations(mode, gp_every, float64):
             sched.step()
     assert graphed.replays > 0 and graphed.graphs  # iterations really ran from graphs
     assert all(key[0] == graphed.settings(9)[0] for key in graphed.graphs)  # the pre-decay ones are gone
-    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
-        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
-            assert torch.allclose(p, q, rtol=1e-6, atol=1e-10), n
+    _assert_same_networks(a, b, rtol=1e-6, atol=1e-10)
     assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
 
 

@@ -149,6 +149,13 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+def _assert_same_networks(a, b, rtol=1e-5, atol=1e-8):
+    """G and D of stage states ``a`` and ``b`` hold the same parameters."""
+    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
+        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
+            assert torch.allclose(p, q, rtol=rtol, atol=atol), n
+
+
 def _max_rel_diff(a, b):
     return max(((p - q).abs().max() / p.abs().max().clamp_min(1e-12)).item()
                for p, q in zip(a.parameters(), b.parameters()))
@@ -180,9 +187,7 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
         lb = train_step(b, noise, alphas)
         for name in la:
             assert torch.allclose(la[name], lb[name], rtol=1e-5, atol=1e-8), name
-    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
-        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
-            assert torch.allclose(p, q, rtol=1e-5, atol=1e-8), n
+    _assert_same_networks(a, b)
     # the comparison is not vacuous: training moved the weights by far more than the tolerance
     assert _max_rel_diff(before.body[-1], a.G.body[-1]) > 1e-3
 
@@ -214,9 +219,7 @@ def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(floa
         plain_step(a, noise, alphas, i)
         train_step(b, noise, alphas, i)
         plain_step(exact, noise, alphas, i)
-    for net_a, net_b in ((a.G, b.G), (a.D, b.D)):
-        for (n, p), q in zip(net_a.named_parameters(), net_b.parameters()):
-            assert torch.allclose(p, q, rtol=1e-5, atol=1e-8), n
+    _assert_same_networks(a, b)
     assert _max_rel_diff(exact.D, a.D) > 1e-4
 
 
