@@ -69,6 +69,11 @@ class GraphedSteps:
         return lrs, tuple(penalty_weight(s.config, iteration, j) for j in range(s.config.Dsteps))
 
     def __call__(self, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor, iteration: int = 0) -> dict:
+        # streams and recordings belong to the current device: make it the networks' (--gpu 1)
+        with torch.cuda.device(self.state.real.device):
+            return self._step(noise, gp_alphas, iteration)
+
+    def _step(self, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor, iteration: int) -> dict:
         key = self.settings(iteration)
         if key not in self.graphs:
             if self.seen.get(key, 0) < self.warmup:

@@ -143,3 +143,10 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| rocket | paper-bf16 | 3x3, bf16 | 1 | 1 |" in report
     assert "averaged over 1 runs each" in report  # still paper against fast only
+    # a run trained on a GPU: its metrics count, its time is shown apart and left out of the comparison
+    paper = tmp_path / "results" / "40" / "rocket_paper_s1.json"
+    paper.write_text(json.dumps({**json.loads(paper.read_text()), "device": "cuda", "train_minutes": 0.5}))
+    run_cli("benchmarks/quality.py", "--report_only", "--results", tmp_path / "results", "--report", tmp_path / "RESULTS.md")
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| rocket | paper | 3x3 | 1 | 1 | GPU 0.5 |" in report
+    assert "| training time (min, CPU runs) | " in report and "| (GPU runs only) |" in report
