@@ -178,7 +178,8 @@ def test_without_mask_only_the_unmasked_result_and_nothing_is_overwritten(runs, 
         files = write_results(model, tmp_path / "plain.png", tmp_path / "o")
     assert [f.name for f in files] == ["harmonized_wo_mask.png"] and files[0].is_file()
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["harmonized_wo_mask.png"]
-    with pytest.raises(UserError, match="harmonized_wo_mask.png already exists"):
+    with pytest.raises(UserError, match="harmonized_wo_mask.png already exists"), \
+            pytest.warns(ConSinGANWarning, match="no mask"):
         write_results(model, tmp_path / "plain.png", tmp_path / "o")
 
 
