@@ -20,13 +20,13 @@ import torch.nn.functional as F
 
 from .config import Config
 from .errors import ConSinGANWarning, UserError
+from .graphs import make_step
 from .image import grid, pyramid, save_image, training_image
 from .model import ConSinGAN
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
 from .progress import NoProgress
 from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
-from .graphs import make_step
 from .step import StageState
 
 LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
