@@ -150,3 +150,10 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| rocket | paper | 3x3 | 1 | 1 | GPU 0.5 |" in report
     assert "| training time (min, CPU runs) | " in report and "| (GPU runs only) |" in report
+    # fast runs on a GPU too: no CPU time on either side, and the time target is not judged
+    fast_path = tmp_path / "results" / "40" / "rocket_fast_s1.json"
+    fast_path.write_text(json.dumps({**json.loads(fast_path.read_text()), "device": "cuda"}))
+    run_cli("benchmarks/quality.py", "--report_only", "--results", tmp_path / "results", "--report", tmp_path / "RESULTS.md")
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "| training time (min, CPU runs) | (GPU runs only) | (GPU runs only) |  |" in report
+    assert "fast runs on a GPU" in report
