@@ -214,7 +214,7 @@ class Config:
 # own niter. benchmarks/quality.py measures what it costs in sample quality (benchmarks/RESULTS.md).
 PRESETS: dict[str, Mapping[str, Any]] = {
     "paper": {},
-    "fast": {"niter_low_factor": 1.0, "top_niter_factors": (0.15, 0.2, 0.29), "precision": "auto"},
+    "fast": {"niter_low_factor": 1.0, "top_niter_factors": (0.5, 0.3, 0.19), "precision": "auto"},
 }
 
 

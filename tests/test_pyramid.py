@@ -74,14 +74,14 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
     assert (paper.niter, paper.gp_every) == (2000, 1)
     fast = make_config("generation", preset="fast", manualSeed=1)
     assert (fast.niter, fast.niter_low, fast.gp_every, fast.precision) == (2000, 2000, 1, "auto")
-    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 300, 400, 580]
+    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 1000, 600, 380]
     assert [paper.stage_niter(k) for k in range(6)] == [2000] * 6
     assert fast.replace(niter_stages=(), niter_low=0, precision="fp32") == paper  # nothing else changes
     # the top three stages get the shares, whatever the number of stages and the mode's niter
-    assert make_config("generation", preset="fast", train_stages=4, manualSeed=1).niter_stages == (2000, 300, 400, 580)
+    assert make_config("generation", preset="fast", train_stages=4, manualSeed=1).niter_stages == (2000, 1000, 600, 380)
     two = make_config("generation", preset="fast", train_stages=2, train_depth=2, manualSeed=1)
-    assert two.niter_stages == (400, 580)
-    assert make_config("harmonization", preset="fast", manualSeed=1).niter_stages == (150, 200, 290)
+    assert two.niter_stages == (600, 380)
+    assert make_config("harmonization", preset="fast", manualSeed=1).niter_stages == (500, 300, 190)
     # the user's --niter is every top stage's, over the preset's shares; the first stages keep theirs
     mine = make_config("generation", preset="fast", niter=700, manualSeed=1)
     assert [mine.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 700, 700, 700]
