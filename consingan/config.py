@@ -212,7 +212,8 @@ class Config:
 # larger its share (stage 3 of 6 costs a seventh of the top stage per iteration, and its scale was where
 # 300 iterations lost the most). The arithmetic is bfloat16 where the device has it. The gradient
 # penalty stays in every D update: the lazy penalty (--gp_every 3) cost far more quality than it saved
-# time. Factors are of the mode's own niter. benchmarks/quality.py measures what it costs in sample quality (benchmarks/RESULTS.md).
+# time. Factors are of the mode's own niter. benchmarks/quality.py measures what it costs in sample
+# quality (benchmarks/RESULTS.md).
 PRESETS: dict[str, Mapping[str, Any]] = {
     "paper": {},
     "fast": {"niter_low_factor": 1.0, "top_niter_factors": (0.5, 0.3, 0.19), "precision": "auto"},
