@@ -172,11 +172,31 @@ def summary(records: list[dict]) -> list[str]:
                         + ("" if t_fast is not None else ", fast runs on a GPU") + "); see the 250-px section")
     if len(images) < 3 or len(seeds) < 2:
         verdicts.append("- fewer images or seeds than the protocol asks (3 images x 2 seeds): indicative only")
+    verdicts += spread(fast, paper, swd_ratio, 1 + div_change)
     failed = [r for r in records if r.get("failed")]
     if failed:
         verdicts.append(f"- left out: {len(failed)} run(s) that training stopped, and their other preset's "
                         "run of the same image and seed (see the per-run table)")
     return lines + verdicts
+
+
+def spread(fast: list[dict], paper: list[dict], swd_ratio: float, div_ratio: float) -> list[str]:
+    """How far each (image, seed) pair's fast/paper ratio is from the others: the standard error of
+    their mean says whether a verdict's margin is larger than what the choice of seeds moves."""
+    if len(fast) < 2:
+        return []
+    out = []
+    for key, value, target in (("swd", swd_ratio, SWD_RATIO_MAX), ("diversity", div_ratio, None)):
+        ratios = [f["metrics"][key] / p["metrics"][key] for f, p in zip(fast, paper)]
+        se = statistics.stdev(ratios) / len(ratios) ** 0.5
+        if target is None:  # within +-tolerance: the margin is to the nearer bound
+            margin = DIVERSITY_TOLERANCE - abs(value - 1)
+        else:
+            margin = target - value
+        out.append(f"- {key} per (image, seed) pair: fast/paper {min(ratios):.3f} to {max(ratios):.3f}, "
+                   f"standard error of their mean {se:.3f}; the verdict's margin ({margin:+.3f}) is "
+                   + ("larger than that" if abs(margin) > se else "within it: more seeds are needed to settle it"))
+    return out
 
 
 def write_results(results: Path, report: Path) -> None:

@@ -157,3 +157,28 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     assert "| training time (min, CPU runs) | (GPU runs only) | (GPU runs only) |  |" in report
     assert "fast runs on a GPU" in report
+
+
+def test_quality_report_says_whether_a_verdict_is_within_the_seed_spread():
+    """The spread lines: per-pair ratios, the standard error of their mean, and the margin against it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+
+    def run(swd, diversity):
+        return {"metrics": {"swd": swd, "diversity": diversity}}
+
+    paper = [run(40.0, 0.30), run(40.0, 0.30)]
+    # swd ratios 1.0 and 1.2: mean 1.1, standard error 0.1; the verdict (1.1) sits on the target
+    close = quality.spread([run(40.0, 0.30), run(48.0, 0.30)], paper, 1.1, 1.0)
+    assert "fast/paper 1.000 to 1.200, standard error of their mean 0.100" in close[0]
+    assert "within it: more seeds are needed" in close[0]
+    # identical ratios (no spread) and a margin: larger than the spread; diversity 1.0 is 0.1 from a bound
+    clear = quality.spread([run(36.0, 0.30), run(36.0, 0.30)], paper, 0.9, 1.0)
+    assert "standard error of their mean 0.000; the verdict's margin (+0.200) is larger" in clear[0]
+    assert "diversity" in clear[1] and "margin (+0.100) is larger" in clear[1]
+    assert quality.spread(paper[:1], paper[:1], 1.0, 1.0) == []  # one pair: no spread to speak of
