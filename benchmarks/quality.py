@@ -42,6 +42,7 @@ TIME_LIMIT_MIN = 15.0
 SWD_RATIO_MAX = 1.1
 DIVERSITY_TOLERANCE = 0.10
 METRICS = ("swd", "diversity", "nn_patch", "rec_rmse")
+PAPER = Config()  # METHOD's defaults
 
 
 def run_name(image: str, preset: str, seed: int) -> str:
@@ -78,7 +79,7 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
               "niter": config["niter"], "niter_low": config.get("niter_low", 0),
               "iterations": [settings.stage_niter(k) for k in range(settings.train_stages)],
               "precision": config.get("precision", "fp32"),
-              "gp_every": config["gp_every"], "metrics": None, "failed": None,
+              "gp_every": config["gp_every"], "Dsteps": config["Dsteps"], "metrics": None, "failed": None,
               "machine": machine(args.device), "device": args.device, "command": args.command}
     if args.device != "cpu":
         record["note"] = (f"trained on {record['machine']} (--device {args.device}), evaluated on its CPU: "
@@ -271,7 +272,8 @@ def minutes_text(records: list[dict]) -> str:
 
 def iterations_text(record: dict) -> str:
     """Per-stage iterations as runs of equal counts, e.g. '2000x3, 250x3' (older records: from niter and
-    niter_low, the first three stages being the low ones); ', bf16' when the run used it."""
+    niter_low, the first three stages being the low ones); ', bf16' when the run used it, ', Dsteps N'
+    when it was not the paper's 3 (records before Dsteps was recorded: 3)."""
     iters = record.get("iterations")
     if iters is None:
         low = record.get("niter_low") or record["niter"]
@@ -283,7 +285,8 @@ def iterations_text(record: dict) -> str:
         else:
             runs.append([n, 1])
     text = ", ".join(f"{n}x{count}" for n, count in runs)
-    return text + (f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else "")
+    text += f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else ""
+    return text + (f", Dsteps {record['Dsteps']}" if record.get("Dsteps", PAPER.Dsteps) != PAPER.Dsteps else "")
 
 
 def main() -> None:

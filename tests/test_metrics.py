@@ -159,8 +159,9 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
     assert "fast runs on a GPU" in report
 
 
-def test_quality_report_says_whether_a_verdict_is_within_the_seed_spread():
-    """The spread lines: per-pair ratios, the standard error of their mean, and the margin against it."""
+def test_quality_report_spread_and_settings_text():
+    """The spread lines (per-pair ratios, the standard error of their mean, the margin against it) and
+    the settings column."""
     import importlib.util
     from pathlib import Path
 
@@ -182,3 +183,7 @@ def test_quality_report_says_whether_a_verdict_is_within_the_seed_spread():
     assert "standard error of their mean 0.000; the verdict's margin (+0.200) is larger" in clear[0]
     assert "diversity" in clear[1] and "margin (+0.100) is larger" in clear[1]
     assert quality.spread(paper[:1], paper[:1], 1.0, 1.0) == []  # one pair: no spread to speak of
+    # the settings column names a changed number of D steps, and only then
+    record = {"iterations": [2000] * 3 + [1390, 835, 530], "precision": "bf16", "Dsteps": 2}
+    assert quality.iterations_text(record) == "2000x3, 1390x1, 835x1, 530x1, bf16, Dsteps 2"
+    assert quality.iterations_text({**record, "Dsteps": 3}) == "2000x3, 1390x1, 835x1, 530x1, bf16"
