@@ -165,9 +165,18 @@ def _max_rel_diff(a, b):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_train_step_equals_plain_computation(mode, channels_last, float64):
     """Iterations of the project's step and of the straightforward one from the same state and seeds."""
+    _check_step_equals_plain(mode, channels_last)
+
+
+def test_train_step_equals_plain_computation_with_two_d_steps(float64):
+    """Fewer discriminator updates per iteration (--Dsteps 2, the fast preset's): still the same numbers."""
+    _check_step_equals_plain("generation", True, Dsteps=2)
+
+
+def _check_step_equals_plain(mode, channels_last, **settings):
     from consingan.noise import random_noise
 
-    a, t = _stage_state(mode)
+    a, t = _stage_state(mode, **settings)
     b = _clone_state(a)
     set_fast_kernels(a.G, a.D, on=False)  # the straightforward computation: torch's kernels
     assert b.G.fast_upsample and all(m.summed_bias for m in b.D.modules() if isinstance(m, Conv2d))
@@ -182,7 +191,7 @@ def test_train_step_equals_plain_computation(mode, channels_last, float64):
     gen = torch.Generator().manual_seed(1)
     for _ in range(2):
         noise = random_noise(a.config, a.shapes, "cpu", gen)
-        alphas = torch.rand(3, generator=gen)
+        alphas = torch.rand(a.config.Dsteps, generator=gen)
         la = plain_step(a, noise, alphas)
         lb = train_step(b, noise, alphas)
         for name in la:
