@@ -79,7 +79,8 @@ def one_run(image: Path, preset: str, seed: int, args, threads: int) -> dict:
               "niter": config["niter"], "niter_low": config.get("niter_low", 0),
               "iterations": [settings.stage_niter(k) for k in range(settings.train_stages)],
               "precision": config.get("precision", "fp32"),
-              "gp_every": config["gp_every"], "Dsteps": config["Dsteps"], "metrics": None, "failed": None,
+              "gp_every": config["gp_every"],
+              "Dsteps": [settings.stage_Dsteps(k) for k in range(settings.train_stages)], "metrics": None, "failed": None,
               "machine": machine(args.device), "device": args.device, "command": args.command}
     if args.device != "cpu":
         record["note"] = (f"trained on {record['machine']} (--device {args.device}), evaluated on its CPU: "
@@ -272,8 +273,9 @@ def minutes_text(records: list[dict]) -> str:
 
 def iterations_text(record: dict) -> str:
     """Per-stage iterations as runs of equal counts, e.g. '2000x3, 250x3' (older records: from niter and
-    niter_low, the first three stages being the low ones); ', bf16' when the run used it, ', Dsteps N'
-    when it was not the paper's 3 (records before Dsteps was recorded: 3)."""
+    niter_low, the first three stages being the low ones); ', bf16' when the run used it; ', Dsteps N'
+    or ', Dsteps 3,3,3,2,2,2' (per stage) when not the paper's 3 everywhere (older records: a number, or
+    nothing for 3)."""
     iters = record.get("iterations")
     if iters is None:
         low = record.get("niter_low") or record["niter"]
@@ -286,7 +288,11 @@ def iterations_text(record: dict) -> str:
             runs.append([n, 1])
     text = ", ".join(f"{n}x{count}" for n, count in runs)
     text += f", {record['precision']}" if record.get("precision", "fp32") != "fp32" else ""
-    return text + (f", Dsteps {record['Dsteps']}" if record.get("Dsteps", PAPER.Dsteps) != PAPER.Dsteps else "")
+    dsteps = record.get("Dsteps", PAPER.Dsteps)
+    dsteps = dsteps if isinstance(dsteps, list) else [dsteps] * len(iters)
+    if set(dsteps) != {PAPER.Dsteps}:
+        text += ", Dsteps " + (str(dsteps[0]) if len(set(dsteps)) == 1 else ",".join(map(str, dsteps)))
+    return text
 
 
 def main() -> None:

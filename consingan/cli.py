@@ -92,6 +92,8 @@ def train(
     gamma: Annotated[Optional[float], opt("--gamma", help="lr decay at 0.8*niter [0.1]")] = None,
     Gsteps: Annotated[Optional[int], opt("--Gsteps", help="generator steps per iteration [3]")] = None,
     Dsteps: Annotated[Optional[int], opt("--Dsteps", help="discriminator steps per iteration [3]")] = None,
+    Dsteps_stages: Annotated[Optional[str], opt("--Dsteps_stages", help="discriminator steps per iteration of every "
+                                                "stage, lowest first, e.g. 3,3,3,2,2,2 (overrides --Dsteps)")] = None,
     lambda_grad: Annotated[Optional[float], opt("--lambda_grad", help="gradient penalty weight [0.1]")] = None,
     gp_every: Annotated[Optional[int], opt("--gp_every", help="lazy gradient penalty: in one D update of N, "
                                            "weighted xN (changes the numbers) [1: every update]")] = None,
@@ -146,6 +148,7 @@ def train(
         config = api.make_config(
             train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
             niter_stages=parse_counts(niter_stages, "--niter_stages"),
+            Dsteps_stages=parse_counts(Dsteps_stages, "--Dsteps_stages"),
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,

@@ -113,6 +113,9 @@ class Config:
     gamma: float = 0.1
     Gsteps: int = 3
     Dsteps: int = 3
+    # Discriminator updates per iteration of every stage, lowest first (one per stage; not in the
+    # paper): overrides Dsteps. Empty: Dsteps at every stage.
+    Dsteps_stages: tuple[int, ...] = ()
     lambda_grad: float = 0.1
     # Lazy gradient penalty (not in the paper; changes the numbers): the penalty in one D update of
     # every gp_every, weighted by gp_every. 1: in every update, as the paper.
@@ -140,6 +143,15 @@ class Config:
             return self.niter_stages[stage]
         return self.niter_low if self.niter_low and stage < self.train_stages - self.train_depth else self.niter
 
+    def stage_Dsteps(self, stage: int) -> int:
+        """Discriminator updates per iteration at ``stage``: Dsteps_stages[stage] if set, else Dsteps."""
+        return self.Dsteps_stages[stage] if self.Dsteps_stages else self.Dsteps
+
+    def for_stage(self, stage: int) -> "Config":
+        """This config with ``Dsteps`` made the stage's, as the training step of ``stage`` reads it."""
+        n = self.stage_Dsteps(stage)
+        return self if n == self.Dsteps else self.replace(Dsteps=n)
+
     @property
     def stop_stage(self) -> int:
         return self.train_stages - 1
@@ -162,8 +174,9 @@ class Config:
         if unknown:
             raise UserError(f"unknown config keys {sorted(unknown)}: the model file is from another version")
         d = dict(d)
-        if "niter_stages" in d:  # a JSON list
-            d["niter_stages"] = tuple(d["niter_stages"])
+        for key in ("niter_stages", "Dsteps_stages"):  # JSON lists
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def replace(self, **changes: Any) -> "Config":
@@ -191,6 +204,10 @@ class Config:
             (self.num_layer >= 1, "--num_layer must be at least 1"),
             (self.ker_size >= 1 and self.ker_size % 2 == 1, "--ker_size must be an odd number (paper: 3)"),
             (self.Gsteps >= 1 and self.Dsteps >= 1, "--Gsteps and --Dsteps must be at least 1"),
+            (not self.Dsteps_stages or len(self.Dsteps_stages) == self.train_stages,
+             f"--Dsteps_stages has {len(self.Dsteps_stages)} values for {self.train_stages} stages; give one per "
+             "stage (--train_stages), lowest first"),
+            (all(n >= 1 for n in self.Dsteps_stages), "--Dsteps_stages values must be at least 1"),
             (self.gp_every >= 1, "--gp_every must be at least 1 (1: the paper's penalty in every D update)"),
             (self.precision in PRECISIONS,
              f"unknown --precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}"),
@@ -235,6 +252,10 @@ def preset_values(preset: str, mode: Mode, train_stages: int) -> dict[str, Any]:
     if top:
         low = spec.get("niter_low") or spec.get("niter", niter)
         spec["niter_stages"] = (low,) * (train_stages - len(top)) + tuple(max(1, round(niter * f)) for f in top)
+    top_dsteps = spec.pop("top_Dsteps", None)  # D updates of the top stages (as many as have shares)
+    if top_dsteps is not None:
+        n_top = min(len(top) or train_stages, train_stages)
+        spec["Dsteps_stages"] = (Config.Dsteps,) * (train_stages - n_top) + (top_dsteps,) * n_top
     return spec
 
 
@@ -247,6 +268,8 @@ def make_config(train_mode: str = "generation", preset: str = "paper", **given: 
     values = {**mode.defaults, **preset_values(preset, mode, stages), **given}
     if "niter_stages" not in given and ("niter" in given or "niter_low" in given):
         values.pop("niter_stages", None)  # the user's --niter / --niter_low win over a preset's per-stage counts
+    if "Dsteps_stages" not in given and "Dsteps" in given:
+        values.pop("Dsteps_stages", None)  # and the user's --Dsteps over a preset's per-stage D updates
     # As in the reference, a run without --manualSeed gets a random seed, recorded in the config.
     values.setdefault("manualSeed", random.randint(1, 10000))
     names = {f.name for f in dataclasses.fields(Config)}

@@ -244,7 +244,8 @@ class Trainer:
         self.stop_requested = True
 
     def _run_stage(self, writer: StageWriter) -> None:
-        c, k = self.config, self.stage
+        k = self.stage
+        c = self.config.for_stage(k)  # the step and its inputs follow the stage's Dsteps
         opt_d, opt_g, sched_d, sched_g = self.optim
         state = StageState(c, self.G, self.D, opt_g, opt_d, self.reals[k], list(self.shapes[:k + 1]),
                            list(self.amps), self.fixed)

@@ -187,3 +187,6 @@ def test_quality_report_spread_and_settings_text():
     record = {"iterations": [2000] * 3 + [1390, 835, 530], "precision": "bf16", "Dsteps": 2}
     assert quality.iterations_text(record) == "2000x3, 1390x1, 835x1, 530x1, bf16, Dsteps 2"
     assert quality.iterations_text({**record, "Dsteps": 3}) == "2000x3, 1390x1, 835x1, 530x1, bf16"
+    assert quality.iterations_text({**record, "Dsteps": [3] * 6}) == "2000x3, 1390x1, 835x1, 530x1, bf16"
+    per_stage = {**record, "Dsteps": [3, 3, 3, 2, 2, 2]}
+    assert quality.iterations_text(per_stage) == "2000x3, 1390x1, 835x1, 530x1, bf16, Dsteps 3,3,3,2,2,2"

@@ -91,6 +91,37 @@ def test_first_stages_train_niter_low_iterations(tmp_path):
     assert sd.milestones == {4.0: 1}  # 0.8 * 5
 
 
+def test_Dsteps_stages_sets_each_stages_discriminator_updates(tmp_path):
+    """--Dsteps_stages: stage k's discriminator takes that many Adam steps per iteration (its optimizer
+    is the stage's own); the user's --Dsteps wins over a preset's per-stage values; JSON round trip."""
+    import json
+
+    from consingan.config import Config
+    from consingan.errors import UserError
+
+    c = make_config("generation", nfc=4, niter=2, Dsteps_stages=(3, 2, 1), train_stages=3, min_size=12,
+                    max_size=30, manualSeed=1)
+    assert [c.stage_Dsteps(k) for k in range(3)] == [3, 2, 1] and c.for_stage(1).Dsteps == 2
+    steps = {}
+
+    class Counting(Trainer):
+        def _run_stage(self, writer):
+            super()._run_stage(writer)
+            opt_d = self.optim[0]
+            steps[self.stage] = int(opt_d.state[opt_d.param_groups[0]["params"][0]]["step"])
+
+    Counting(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    assert steps == {0: 2 * 3, 1: 2 * 2, 2: 2 * 1}
+    assert Config.from_dict(json.loads(c.to_json())) == c
+    assert [c.replace(Dsteps=5).stage_Dsteps(k) for k in range(3)] == [3, 2, 1]  # the per-stage values win
+    mine = make_config("generation", preset="fast", Dsteps=4, manualSeed=1)  # over a preset's: the user's
+    assert mine.Dsteps_stages == () and [mine.stage_Dsteps(k) for k in range(6)] == [4] * 6
+    with pytest.raises(UserError, match="--Dsteps_stages has 2 values for 6 stages"):
+        make_config("generation", Dsteps_stages=(2, 2))
+    with pytest.raises(UserError, match="at least 1"):
+        make_config("generation", Dsteps_stages=(3, 3, 3, 0, 2, 2))
+
+
 def test_niter_stages_sets_every_stage_and_survives_the_model_file(tmp_path):
     """--niter_stages: each stage runs its own count (over --niter and --niter_low), decays at 0.8 of it,
     and the counts come back from JSON as they went in."""
