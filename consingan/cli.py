@@ -69,8 +69,8 @@ def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
-    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 1000/600/380 iterations for the top three "
-                                "stages (2000 for the first ones) in bfloat16 where the machine has it (13-14 min for 250 px on a "
+    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 1300/780/500 iterations with 2 D steps for the top "
+                                "three stages (2000 with 3 for the first ones) in bfloat16 where the machine has it (about 13 min for 250 px on a "
                                 "2-core CPU with AVX512-BF16; see benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,

@@ -222,18 +222,20 @@ class Config:
 
 
 # Named sets of settings applied over a mode's defaults (the user's own flags still win). "paper" is
-# METHOD's defaults. "fast" trains a 250-px generation model in 13-14 min on a 2-core CPU with
-# bfloat16 instructions (paper: about 75 min). The stages below the top three keep all their iterations:
-# they are cheap, and they set the layout and the diversity (halving them cost the most quality of all
-# the schedules tried). The top three stages get 50%, 30% and 19% of them: the cheaper the stage, the
-# larger its share (stage 3 of 6 costs a seventh of the top stage per iteration, and its scale was where
-# 300 iterations lost the most). The arithmetic is bfloat16 where the device has it. The gradient
-# penalty stays in every D update: the lazy penalty (--gp_every 3) cost far more quality than it saved
-# time. Factors are of the mode's own niter. benchmarks/quality.py measures what it costs in sample
-# quality (benchmarks/RESULTS.md).
+# METHOD's defaults. "fast" trains a 250-px generation model in about 13 min on a 2-core CPU with
+# bfloat16 instructions (paper: about 75 min). The stages below the top three keep all their iterations
+# and the paper's 3 D updates: they are cheap, and they set the layout and the diversity (halving their
+# iterations cost the most quality of all the schedules tried; 2 D updates there let a rocket run
+# saturate at stage 0). The top three stages take 2 D updates per iteration instead of 3 (an iteration
+# costs about a quarter less) and 65%, 39% and 25% of the iterations: the cheaper the stage, the larger
+# its share (stage 3 of 6 costs a seventh of the top stage per iteration). The arithmetic is bfloat16
+# where the device has it. The gradient penalty stays in every D update: the lazy penalty
+# (--gp_every 3) cost far more quality than it saved time. Factors are of the mode's own niter.
+# benchmarks/quality.py measures what it costs in sample quality (benchmarks/RESULTS.md).
 PRESETS: dict[str, Mapping[str, Any]] = {
     "paper": {},
-    "fast": {"niter_low_factor": 1.0, "top_niter_factors": (0.5, 0.3, 0.19), "precision": "auto"},
+    "fast": {"niter_low_factor": 1.0, "top_niter_factors": (0.65, 0.39, 0.25), "top_Dsteps": 2,
+             "precision": "auto"},
 }
 
 

@@ -130,7 +130,8 @@ def test_quality_benchmark_runs_both_presets_and_writes_the_table(tmp_path):
         assert r["train_minutes"] > 0
     assert (tmp_path / "results" / "40" / "rocket_fast.png").exists()
     report = (tmp_path / "RESULTS.md").read_text()
-    suffix = ", bf16" if fast["precision"] == "bf16" else ""
+    suffix = (", bf16" if fast["precision"] == "bf16" else "") + ", Dsteps 2"  # the preset's, at 3 top stages
+    assert fast["Dsteps"] == [2, 2, 2]
     assert f"| rocket | fast | 3x3{suffix} | 1 | 1 |" in report and "Fast against paper" in report
     assert "](results/40/rocket_fast.png)" in report
     again = run_cli(*args)

@@ -74,14 +74,17 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
     assert (paper.niter, paper.gp_every) == (2000, 1)
     fast = make_config("generation", preset="fast", manualSeed=1)
     assert (fast.niter, fast.niter_low, fast.gp_every, fast.precision) == (2000, 2000, 1, "auto")
-    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 1000, 600, 380]
+    assert [fast.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 1300, 780, 500]
+    assert [fast.stage_Dsteps(k) for k in range(6)] == [3, 3, 3, 2, 2, 2]
     assert [paper.stage_niter(k) for k in range(6)] == [2000] * 6
-    assert fast.replace(niter_stages=(), niter_low=0, precision="fp32") == paper  # nothing else changes
+    assert fast.replace(niter_stages=(), niter_low=0, precision="fp32", Dsteps_stages=()) == paper  # nothing else
     # the top three stages get the shares, whatever the number of stages and the mode's niter
-    assert make_config("generation", preset="fast", train_stages=4, manualSeed=1).niter_stages == (2000, 1000, 600, 380)
+    assert make_config("generation", preset="fast", train_stages=4, manualSeed=1).niter_stages == (2000, 1300, 780, 500)
+    assert make_config("generation", preset="fast", train_stages=4, manualSeed=1).Dsteps_stages == (3, 2, 2, 2)
     two = make_config("generation", preset="fast", train_stages=2, train_depth=2, manualSeed=1)
-    assert two.niter_stages == (600, 380)
-    assert make_config("harmonization", preset="fast", manualSeed=1).niter_stages == (500, 300, 190)
+    assert (two.niter_stages, two.Dsteps_stages) == ((780, 500), (2, 2))
+    harm = make_config("harmonization", preset="fast", manualSeed=1)
+    assert (harm.niter_stages, harm.Dsteps_stages) == ((650, 390, 250), (2, 2, 2))
     # the user's --niter is every top stage's, over the preset's shares; the first stages keep theirs
     mine = make_config("generation", preset="fast", niter=700, manualSeed=1)
     assert [mine.stage_niter(k) for k in range(6)] == [2000, 2000, 2000, 700, 700, 700]
