@@ -256,7 +256,7 @@ def preset_values(preset: str, mode: Mode, train_stages: int) -> dict[str, Any]:
         spec["niter_stages"] = (low,) * (train_stages - len(top)) + tuple(max(1, round(niter * f)) for f in top)
     top_dsteps = spec.pop("top_Dsteps", None)  # D updates of the top stages (as many as have shares)
     if top_dsteps is not None:
-        n_top = min(len(top) or train_stages, train_stages)
+        n_top = len(top) or train_stages  # top is already cut to train_stages
         spec["Dsteps_stages"] = (Config.Dsteps,) * (train_stages - n_top) + (top_dsteps,) * n_top
     return spec
 
