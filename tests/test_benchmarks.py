@@ -1,0 +1,27 @@
+"""The speed benchmarks run end to end (on tiny settings: their figures are not checked here)."""
+import re
+
+from conftest import run_cli
+
+TINY_BENCH = ["--max_size", "40", "--set", "nfc=8", "--set", "min_size=16", "--set", "train_stages=3"]
+
+
+def test_bench_train_prints_both_variants_and_a_speedup():
+    out = run_cli("benchmarks/bench_train.py", "--iters", "1", "--rounds", "1", *TINY_BENCH).stdout
+    a = re.search(r"\(a\) straightforward: +([0-9.]+) s/iter", out)
+    b = re.search(r"\(b\) consingan: +([0-9.]+) s/iter", out)
+    last = out.strip().splitlines()[-1]
+    assert a and b, out
+    assert re.fullmatch(r"speedup [0-9.]+", last), out
+    assert abs(float(last.split()[1]) - float(a.group(1)) / float(b.group(1))) < 0.02
+
+
+def test_profile_step_accounts_for_the_convolutions():
+    out = run_cli("benchmarks/profile_step.py", "--iters", "1", "--by_shape", "--top", "50", *TINY_BENCH).stdout
+    head, *rows = out.strip().splitlines()
+    wall, in_calls = map(float, re.search(r": (\d+) ms per iteration, of which (\d+) ms", head).groups())
+    assert 0 < in_calls <= wall * 1.05, head
+    # the top stage's D convolutions: nfc 8 -> 8, 3x3, one line per shape
+    assert any(re.search(r"aten\.convolution_backward\.default .*\(8, 8, 3, 3\)", r) for r in rows), out
+    percents = [float(re.search(r"([0-9.]+)%", r).group(1)) for r in rows]
+    assert percents == sorted(percents, reverse=True)
