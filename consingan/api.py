@@ -127,7 +127,8 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
               out_dir: str | Path | None = None, device: str = "auto", progress: str = "none",
               train_mode: str | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
     """Fine-tune a harmonization or editing model on a naive image (METHOD 4): only the top stage
-    trains, ``niter`` iterations (default: the model's), with the naive image as stage-0 input.
+    trains, with its normal optimizer groups, ``niter`` iterations (default 2000, the reference's
+    command-line default, whatever the model was trained with), with the naive image as stage-0 input.
 
     Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
     touched. ``train_mode``, when given, must be the model's.
@@ -139,8 +140,9 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     if train_mode is not None and train_mode != model.config.train_mode:
         raise UserError(f"--train_mode {train_mode} does not match the model, which was trained with "
                         f"--train_mode {model.config.train_mode}; leave --train_mode out or pass that mode")
-    # a given niter is the top stage's, whatever per-stage counts the model was trained with
-    given = {"niter": niter, "niter_stages": () if niter is not None else None, "manualSeed": manualSeed}
+    # niter is the top stage's, whatever per-stage counts the model was trained with
+    niter = _harmonize.FINE_TUNE_NITER if niter is None else niter
+    given = {"niter": niter, "niter_stages": (), "manualSeed": manualSeed}
     model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     naive_img = as_image(naive, "naive image")
     _harmonize.check_aspect(naive_img, model.real)

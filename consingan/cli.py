@@ -75,7 +75,7 @@ def train(
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
-    niter: Annotated[Optional[int], opt("--niter", help="iterations per stage [2000; harmonization/editing 1000]")] = None,
+    niter: Annotated[Optional[int], opt("--niter", help="iterations per stage [2000; harmonization/editing 1000; --fine_tune 2000]")] = None,
     niter_low: Annotated[Optional[int], opt("--niter_low", help="iterations of each of the first train_stages - "
                                             "train_depth stages [0: --niter; fast preset 2000]")] = None,
     niter_stages: Annotated[Optional[str], opt("--niter_stages", help="iterations of every stage, lowest first, "

@@ -250,6 +250,7 @@ def stage_preview(naive: torch.Tensor) -> Callable[[Any], dict[str, torch.Tensor
     return preview
 
 
+FINE_TUNE_NITER = 2000  # iterations of a fine-tuning run unless --niter says otherwise (the reference's default)
 NAIVE_KEY = "naive_img"  # a run's config.json: the naive image it was started with
 FINE_TUNED_KEY = "fine_tuned_from"  # a fine-tuning run's config.json: the model it started from
 
@@ -275,17 +276,19 @@ def resume_hooks(run_dir: str | os.PathLike, config: Config, options, stage0_inp
 
 
 def fine_tune_trainer(model, naive: torch.Tensor, options, progress=None):
-    """A Trainer that trains only the top stage of ``model`` with ``naive`` at stage 0 (METHOD 4).
+    """A Trainer that trains the top stage of ``model`` again with ``naive`` at stage 0 (METHOD 4).
 
-    Only G.body[-1] is handed to the optimizer, so every other generator weight stays bitwise the
-    same; D goes on from its saved weights. ``model.config.niter`` iterations.
+    The optimizer groups are the top stage's normal ones (the top train_depth body stages at lr_g,
+    lr_g*lr_scale, lr_g*lr_scale^2, the head when the top stage is below train_depth, the tail), as
+    in the reference; the older stages stay bitwise the same. D goes on from its saved weights; the
+    fixed noise and amplitudes are the model's. ``model.config.niter`` iterations.
     """
     from .train import Trainer, make_optimizers
 
     require_naive_mode(model.config, "--fine_tune")
     trainer = Trainer.from_model(model, options, progress, fine_tune_input(naive, model.config))
-    trainer.only_top = True
-    trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage, only_top=True)
+    trainer.only_top = True  # recorded in checkpoints: this run trains the top stage only
+    trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage)
     trainer.stage_ready, trainer.iteration = True, 0
     return trainer
 

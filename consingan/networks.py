@@ -22,7 +22,7 @@ def activation(config: Config) -> nn.Module:
     if config.activation == "elu":
         return nn.ELU(alpha=1.0)
     if config.activation == "prelu":
-        return nn.PReLU(num_parameters=1, init=config.lrelu_alpha)
+        return nn.PReLU(num_parameters=1, init=0.25)  # torch's default, as the reference (not lrelu_alpha)
     if config.activation == "selu":
         return nn.SELU()
     raise ValueError(config.activation)

@@ -6,6 +6,7 @@ stage trains) and resuming (the loop starts from a checkpoint's stage and iterat
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -75,17 +76,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def g_param_groups(G: Generator, config: Config, stage: int, only_top: bool = False) -> list[dict]:
+def g_param_groups(G: Generator, config: Config, stage: int) -> list[dict]:
     """Parameters trained at ``stage`` and their learning rates (METHOD 3); freezes the rest.
 
     The newest train_depth stages train with lr_g * lr_scale**(distance from the top); the head
-    while stage < train_depth with lr_g * lr_scale**stage; the tail always with lr_g.
-    ``only_top`` (fine-tuning): the top stage alone, with lr_g.
+    while stage < train_depth with lr_g * lr_scale**stage; the tail always with lr_g. Fine-tuning
+    uses the same groups for the top stage (METHOD 4), as the reference does.
     """
     G.requires_grad_(False)
-    if only_top:
-        G.body[-1].requires_grad_(True)
-        return [{"params": list(G.body[-1].parameters()), "lr": config.lr_g}]
     trained = list(G.body)[-config.train_depth:]
     groups = []
     for idx, block in enumerate(trained):
@@ -100,13 +98,21 @@ def g_param_groups(G: Generator, config: Config, stage: int, only_top: bool = Fa
     return groups
 
 
-def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int, only_top: bool = False):
+def decay_milestone(niter: int) -> int:
+    """The iteration after which the learning rates drop by gamma: 0.8*niter, rounded up.
+
+    The torch the paper used (1.1) compared the float milestone 0.8*niter with the iteration count
+    by bisection, so a fractional milestone decayed at the first iteration past it; current torch
+    looks the count up in the milestones and would never decay on a fractional one. The ceiling of
+    the same float product reproduces the old behaviour exactly.
+    """
+    return math.ceil(0.8 * niter)
+
+
+def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int):
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, 0.999))
-    opt_g = torch.optim.Adam(g_param_groups(G, config, stage, only_top), lr=config.lr_g,
-                             betas=(config.beta1, 0.999))
-    # (quirk) the milestone is the float 0.8*niter, as in the reference: when it is not a whole
-    # number the learning rate never decays.
-    milestones = [0.8 * config.stage_niter(stage)]
+    opt_g = torch.optim.Adam(g_param_groups(G, config, stage), lr=config.lr_g, betas=(config.beta1, 0.999))
+    milestones = [decay_milestone(config.stage_niter(stage))]
     sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, milestones=milestones, gamma=config.gamma)
     sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, milestones=milestones, gamma=config.gamma)
     return opt_d, opt_g, sched_d, sched_g
@@ -214,7 +220,7 @@ class Trainer:
         self.amps.append(1.0 if k == 0 else 0.0)
         if k > 0:
             self.amps[k] = noise_amplitude(self.G, c, self.fixed, self.shapes[:k + 1], self.amps, self.reals[k])
-        self.optim = make_optimizers(self.G, self.D, c, k, self.only_top)
+        self.optim = make_optimizers(self.G, self.D, c, k)
         self.stage, self.iteration, self.stage_ready = k, 0, True
 
     def fit(self) -> ConSinGAN:
@@ -373,10 +379,14 @@ class Trainer:
         trainer.stage_ready, trainer.only_top = bool(t["stage_ready"]), bool(t["only_top"])
         trainer.train_seconds = float(t["train_seconds"])
         if trainer.stage_ready:
-            trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage, trainer.only_top)
+            trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage)
             opt_d, opt_g, sched_d, sched_g = trainer.optim
-            opt_d.load_state_dict(t["opt_d"])
-            opt_g.load_state_dict(t["opt_g"])
+            try:
+                opt_d.load_state_dict(t["opt_d"])
+                opt_g.load_state_dict(t["opt_g"])
+            except ValueError:  # a fine-tune checkpoint of a version that trained body[-1] alone
+                raise UserError(f"{out_dir} was written by an older consingan whose optimizer groups differ; "
+                                "start this training or fine-tuning again") from None
             sched_d.load_state_dict({**t["sched_d"], "milestones": sched_d.milestones})
             sched_g.load_state_dict({**t["sched_g"], "milestones": sched_g.milestones})
         torch.set_rng_state(t["rng_cpu"])

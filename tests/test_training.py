@@ -1,4 +1,5 @@
 import copy
+import math
 import warnings
 
 import pytest
@@ -50,13 +51,6 @@ def test_trained_parameters_and_learning_rates(stage):
     assert all(lr_of[i] == pytest.approx(1e-3) for i in ids(G.tail))
 
 
-def test_fine_tune_groups_hold_only_the_top_stage():
-    c = make_config("harmonization", nfc=4)
-    G = grown(c, 3)
-    groups = g_param_groups(G, c, 2, only_top=True)
-    assert {id(p) for g in groups for p in g["params"]} == ids(G.body[2])
-
-
 def test_scheduler_decays_at_eighty_percent():
     c = make_config("generation", nfc=4, niter=10)
     G = grown(c, 1)
@@ -66,6 +60,30 @@ def test_scheduler_decays_at_eighty_percent():
         lrs.append(opt_d.param_groups[0]["lr"])
         opt_d.step(), opt_g.step(), sd.step(), sg.step()
     assert lrs[7] == pytest.approx(5e-4) and lrs[8] == pytest.approx(5e-5)
+
+
+@pytest.mark.parametrize("niter, first_decayed", [(7, 6), (1001, 801), (13, 11), (1000, 800)])
+def test_fractional_milestone_decays_at_the_next_iteration(niter, first_decayed):
+    """0.8*niter fractional (7 -> 5.6): the paper's torch decayed at the first iteration past it, ceil(5.6) = 6
+    scheduler steps; current torch would never decay on the float. Both optimizers follow."""
+    c = make_config("generation", nfc=4, niter=niter)
+    opt_d, opt_g, sd, sg = make_optimizers(grown(c, 1), Discriminator(c), c, 0)
+    decayed_at = None
+    for steps in range(1, niter + 1):
+        opt_d.step(), opt_g.step(), sd.step(), sg.step()
+        if decayed_at is None and opt_d.param_groups[0]["lr"] < 5e-4 * 0.5:
+            decayed_at = steps
+            assert opt_g.param_groups[-1]["lr"] == pytest.approx(5e-5)
+    assert decayed_at == first_decayed == math.ceil(0.8 * niter)
+
+
+def test_prelu_starts_at_a_quarter_whatever_lrelu_alpha():
+    from consingan.networks import Generator
+
+    c = make_config("generation", nfc=4, activation="prelu", lrelu_alpha=0.3)
+    slopes = [m.weight.item() for m in Generator(c).modules() if isinstance(m, torch.nn.PReLU)]
+    slopes += [m.weight.item() for m in Discriminator(c).modules() if isinstance(m, torch.nn.PReLU)]
+    assert slopes and all(s == 0.25 for s in slopes)
 
 
 def _iterations_per_stage(c, tmp_path) -> dict[int, int]:
@@ -133,7 +151,7 @@ def test_niter_stages_sets_every_stage_and_survives_the_model_file(tmp_path):
                     train_depth=2, min_size=12, max_size=30, manualSeed=1)
     assert _iterations_per_stage(c, tmp_path) == {0: 4, 1: 2, 2: 6}
     _, _, sd, _ = make_optimizers(grown(c, 2), Discriminator(c), c, 2)
-    assert sd.milestones == {0.8 * 6: 1}
+    assert sd.milestones == {5: 1}  # 0.8 * 6 = 4.8, rounded up
     assert Config.from_dict(json.loads(c.to_json())) == c  # as config.json and model.pt store it
 
 
@@ -354,3 +372,33 @@ def test_precision_auto_is_bf16_exactly_where_the_device_has_it(monkeypatch):
         assert resolve_precision(make_config("generation", precision="bf16"), cpu).precision == "bf16"
         _, t = _stage_state("generation", precision="auto")
         assert t.config.precision == t.G.config.precision == t.D.config.precision == expected
+
+
+def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
+    """METHOD 4: fine-tuning's optimizer holds the top stage's normal groups (the top train_depth stages
+    at lr_g, lr_g*lr_scale, lr_g*lr_scale^2, the head when top < train_depth, the tail), and runs 2000
+    iterations unless told otherwise, whatever the model was trained with."""
+    from consingan import api
+    from consingan.harmonize import fine_tune_trainer
+
+    c = make_config("harmonization", nfc=4, niter=1, train_stages=3, min_size=12, max_size=24, manualSeed=3,
+                    lr_g=1e-3)
+    real = torch.rand(1, 3, 24, 24) * 2 - 1
+    model = api.train(real, c, device="cpu", out_dir=tmp_path / "m")
+    trainer = fine_tune_trainer(model, real, RunOptions())
+    lr_of = {id(p): g["lr"] for g in trainer.optim[1].param_groups for p in g["params"]}
+    G = trainer.G
+    expected = {**{i: 1e-3 * 0.01 for i in ids(G.body[0])}, **{i: 1e-3 * 0.1 for i in ids(G.body[1])},
+                **{i: 1e-3 for i in ids(G.body[2])}, **{i: 1e-3 * 0.1 ** 2 for i in ids(G.head)},
+                **{i: 1e-3 for i in ids(G.tail)}}
+    assert lr_of.keys() == expected.keys()
+    assert all(lr_of[i] == pytest.approx(expected[i]) for i in expected)
+
+    seen = {}
+    monkeypatch.setattr(Trainer, "fit", lambda self: seen.setdefault("niter", self.config.stage_niter(self.stage)))
+    monkeypatch.setattr(api, "_finish", lambda model, out: model)
+    api.fine_tune(tmp_path / "m", real, out_dir=tmp_path / "ft", device="cpu")
+    assert seen["niter"] == 2000
+    seen.clear()
+    api.fine_tune(tmp_path / "m", real, niter=7, out_dir=tmp_path / "ft7", device="cpu")
+    assert seen["niter"] == 7
