@@ -248,12 +248,11 @@ def write_results(results: Path, report: Path) -> None:
                 by_note.setdefault(r["note"], []).append(run_name(r["image"], label_of(r), r["seed"]))
         notes = [f"- {', '.join(names)}: {note}" for note, names in by_note.items()]
         out += ([""] + notes if notes else []) + [""] + summary(records)
-        out += ["", "Sample grids (first seed, 10 samples each):", ""]
-        for (image, preset) in groups:
-            grid = results / str(size) / f"{image}_{preset}.png"
-            if grid.exists():
-                link = Path(os.path.relpath(grid, report.parent)).as_posix()
-                out.append(f"- {image}, {preset}: ![{image} {preset}]({link})")
+        # only the grids kept in the repository (the others were removed to keep it small)
+        grids = [(image, preset, results / str(size) / f"{image}_{preset}.png") for image, preset in groups]
+        links = [f"- {image}, {preset}: ![{image} {preset}]({Path(os.path.relpath(g, report.parent)).as_posix()})"
+                 for image, preset, g in grids if g.exists()]
+        out += ["", "Sample grids (first seed, 10 samples each):", "", *links] if links else []
         out.append("")
     report.write_text("\n".join(out))
     print(f"wrote {report}")

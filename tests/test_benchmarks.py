@@ -28,3 +28,28 @@ def test_profile_step_accounts_for_the_convolutions():
     assert any(re.search(r"aten\.convolution_backward\.default .*\(8, 8, 3, 3\)", r) for r in rows), out
     percents = [float(re.search(r"([0-9.]+)%", r).group(1)) for r in rows]
     assert percents == sorted(percents, reverse=True)
+
+
+def test_results_report_links_only_the_grids_that_exist(tmp_path):
+    """RESULTS.md links a sample grid only when its file is there, and leaves out the grid heading of a
+    size that has none (the repository keeps only the grids that documents show)."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("quality", root / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    for size in ("250", "64"):
+        (tmp_path / "results" / size).mkdir(parents=True)
+    for name in ("rocket_paper_s1", "rocket_fast_s1"):
+        shutil.copy(root / "benchmarks" / "results" / "250" / f"{name}.json", tmp_path / "results" / "250")
+    shutil.copy(root / "benchmarks" / "results" / "64" / "rocket_paper_s1.json", tmp_path / "results" / "64")
+    (tmp_path / "results" / "250" / "rocket_fast.png").write_bytes(b"")  # only this grid exists
+    report = tmp_path / "RESULTS.md"
+    quality.write_results(tmp_path / "results", report)
+    text = report.read_text()
+    assert "![rocket fast](results/250/rocket_fast.png)" in text
+    assert "rocket_paper.png" not in text
+    assert text.count("Sample grids") == 1 and text.index("Sample grids") < text.index("## 64 px")
