@@ -4,6 +4,16 @@ During training these modes feed stage 0 an altered copy of the stage-0 training
 noise, so that at inference the generator turns a naive image (an object pasted into the image)
 into one that looks like the training image.
 
+The draws follow the reference: harmonization makes one outer choice (p=0.25) of one colour or
+texture transform, then, independently, cuts holes (p=0.9); editing copies 1-5 tiles of the image
+to nearby positions. Harmonization works on the image as float 8-bit levels (0..255, not rounded)
+and the result is clamped back into [-1, 1], as the reference's conversions do.
+
+Difference from the reference, on purpose: the library version the reference pins clips the outputs
+of the multiplicative noise, per-channel Gaussian noise, sepia and HSV transforms to 1.0 because the
+image is float, so those iterations see a near-black image. That is an accident of the library, not
+the method: here every transform clips to 0..255 as it would on an 8-bit image.
+
 Randomness comes only from torch's global generators (never Python's or numpy's): the run stays
 reproducible from --manualSeed and resumable, since a checkpoint stores torch's generator states.
 Choices that steer control flow (which operation, sizes, positions) are drawn on the CPU generator,
@@ -11,11 +21,13 @@ so that a CUDA run does not wait on the GPU for them; per-pixel noise is drawn o
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
 from .config import Config
+
+T = TypeVar("T")
 
 # --- random draws (global torch generators) ---------------------------------------------------
 
@@ -25,7 +37,7 @@ def _uniform(lo: float, hi: float) -> float:
 
 
 def _randint(lo: int, hi: int) -> int:
-    """An integer in [lo, hi], both ends included."""
+    """An integer in [lo, hi], both ends included (as Python's random.randint, which the reference uses)."""
     return int(torch.randint(lo, hi + 1, ()))
 
 
@@ -33,32 +45,54 @@ def _chance(p: float) -> bool:
     return float(torch.rand(())) < p
 
 
-# --- harmonization: colour and texture changes on the 8-bit image ----------------------------
-# Every function below takes and returns a 1x3xHxW float tensor of 8-bit levels (0..255).
+def _pick(weighted: Sequence[tuple[float, T]]) -> T:
+    """One item of ``(weight, item)`` pairs, with probability proportional to its weight."""
+    r = float(torch.rand(())) * sum(w for w, _ in weighted)
+    for w, item in weighted:
+        if r < w:
+            return item
+        r -= w
+    return weighted[-1][1]  # r can reach the total only by float rounding
+
+
+# --- harmonization: colour and texture changes on the 8-bit levels ---------------------------
+# Every transform below takes and returns a 1x3xHxW float tensor of 8-bit levels (0..255).
 
 def _levels(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> whole 8-bit levels, so the augmentations see the image as an 8-bit picture."""
-    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255)
+    """[-1, 1] -> float 8-bit levels, not rounded (the reference hands the library denorm(x) * 255)."""
+    return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0
 
 
 def _from_levels(x: torch.Tensor) -> torch.Tensor:
-    return x / 255.0 * 2.0 - 1.0  # METHOD 1: x/255*2-1
+    """Levels -> [-1, 1], clamped: a hole's colour can be level 256 (see holes), which ends at 1."""
+    return ((x / 255.0 - 0.5) * 2.0).clamp(-1.0, 1.0)
 
 
-def _quantised(x: torch.Tensor) -> torch.Tensor:
-    return x.clamp(0, 255).round()
+def _clipped(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0.0, 255.0)
 
 
 def multiplicative_noise(x: torch.Tensor) -> torch.Tensor:
-    """Every pixel and channel times a factor in [0.5, 1.5]."""
+    """Every pixel and channel times its own factor in [0.5, 1.5]."""
     factor = 0.5 + torch.rand(x.shape, device=x.device)
-    return _quantised(x * factor)
+    return _clipped(x * factor)
+
+
+def shared_gaussian_noise(x: torch.Tensor) -> torch.Tensor:
+    """One map of Gaussian noise added to all three channels, sigma drawn in [2.55, 12.75] levels.
+
+    The reference's imgaug transform adds integers: the image and the noise are both truncated
+    toward zero before the sum, so the result is whole levels.
+    """
+    sigma = _uniform(0.01 * 255, 0.05 * 255)
+    noise = sigma * torch.randn((x.shape[0], 1, *x.shape[-2:]), device=x.device)
+    return _clipped(x.trunc() + noise.trunc())
 
 
 def gaussian_noise(x: torch.Tensor) -> torch.Tensor:
     """Additive Gaussian noise per pixel and channel, variance drawn in [10, 50] (8-bit levels)."""
     sigma = _uniform(10.0, 50.0) ** 0.5
-    return _quantised(x + sigma * torch.randn(x.shape, device=x.device))
+    return _clipped(x + sigma * torch.randn(x.shape, device=x.device))
 
 
 def invert(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +105,7 @@ _SEPIA = torch.tensor([[0.393, 0.769, 0.189],
 
 
 def sepia(x: torch.Tensor) -> torch.Tensor:
-    return _quantised(torch.einsum("oc,nchw->nohw", _SEPIA.to(x.device, x.dtype), x))
+    return _clipped(torch.einsum("oc,nchw->nohw", _SEPIA.to(x.device, x.dtype), x))
 
 
 def drop_channel(x: torch.Tensor) -> torch.Tensor:
@@ -81,13 +115,9 @@ def drop_channel(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-# A shuffle that returns the channels in their order would spend the augmentation's chance on nothing.
-_CHANNEL_ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
 def shuffle_channels(x: torch.Tensor) -> torch.Tensor:
-    order = _CHANNEL_ORDERS[_randint(0, len(_CHANNEL_ORDERS) - 1)]
-    return x[:, list(order)].clone()
+    """The channels in a random order; like the reference's shuffle, this may be the same order."""
+    return x[:, torch.randperm(3).tolist()].clone()
 
 
 def _rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
@@ -124,52 +154,79 @@ def shift_hsv(x: torch.Tensor, hue: float | None = None, saturation: float | Non
     h = (hsv[:, 0] + hue / 180.0) % 1.0
     s = (hsv[:, 1] + saturation / 255.0).clamp(0.0, 1.0)
     v = (hsv[:, 2] + value / 255.0).clamp(0.0, 1.0)
-    return _quantised(_hsv_to_rgb(torch.stack([h, s, v], 1)) * 255.0)
+    return _clipped(_hsv_to_rgb(torch.stack([h, s, v], 1)) * 255.0)
+
+
+# Hole sides in pixels of the stage-0 image, by the number of holes.
+HOLE_SIDES = {1: (30, 60), 2: (15, 30)}
+
+
+def hole_boxes(height: int, width: int, count: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of 1 or 2 holes, bottom and right excluded.
+
+    One height and one width per call, shared by the holes, each drawn in HOLE_SIDES; a hole spans
+    side // 2 on both sides of its centre (so its full extent is even) and is clipped at the image
+    border. Centres are whole pixels in [0, height] and [0, width], ends included, as the
+    reference's Cutout draws them.
+    """
+    count = _randint(1, 2) if count is None else count
+    lo, hi = HOLE_SIDES[count]
+    half_h, half_w = _randint(lo, hi) // 2, _randint(lo, hi) // 2
+    boxes = []
+    for _ in range(count):
+        cy, cx = _randint(0, height), _randint(0, width)
+        boxes.append((max(cy - half_h, 0), min(cy + half_h, height), max(cx - half_w, 0), min(cx + half_w, width)))
+    return boxes
 
 
 def holes(x: torch.Tensor, count: int | None = None) -> torch.Tensor:
-    """1 hole with sides of 30-60 px or 2 with sides of 15-30 px, all filled with one random colour.
+    """1 or 2 holes (hole_boxes), all filled with one random colour.
 
-    Sides are in pixels of the stage-0 image (METHOD 4); a hole larger than the image covers that
-    whole side.
+    Each channel of the colour is a whole level in 0..256, ends included, as the reference draws it;
+    level 256 becomes 1.0 when the image goes back to [-1, 1], which clamps.
     """
-    count = _randint(1, 2) if count is None else count
-    lo, hi = (30, 60) if count == 1 else (15, 30)
-    colour = torch.randint(0, 256, (3,)).to(x.device, x.dtype).view(1, 3, 1, 1)
+    boxes = hole_boxes(*x.shape[-2:], count=count)
+    colour = torch.randint(0, 257, (3,)).to(x.device, x.dtype).view(1, 3, 1, 1)
     out = x.clone()
-    height, width = x.shape[-2:]
-    for _ in range(count):
-        hh, ww = min(_randint(lo, hi), height), min(_randint(lo, hi), width)
-        top, left = _randint(0, height - hh), _randint(0, width - ww)
-        out[:, :, top:top + hh, left:left + ww] = colour
+    for top, bottom, left, right in boxes:
+        out[:, :, top:bottom, left:right] = colour
     return out
 
 
-# Each group fires with probability 0.25 and then applies one of its members (chosen evenly).
-HARMONIZATION_GROUPS: tuple[tuple[Callable[[torch.Tensor], torch.Tensor], ...], ...] = (
-    (multiplicative_noise, gaussian_noise),
-    (invert, sepia),
-    (drop_channel, shuffle_channels),
-    (shift_hsv,),
+# The outer choice: with probability GROUP_P one group, then one of its members, by weight. The
+# weights are the reference's transform probabilities normalised, as its nested one-of choices use
+# them (groups 0.5, 0.5, 0.5 and HSV 0.1; noise members 0.2, 0.5, 0.5).
+HARMONIZATION_GROUPS: tuple[tuple[float, tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...]], ...] = (
+    (5 / 16, ((1 / 6, multiplicative_noise), (5 / 12, shared_gaussian_noise), (5 / 12, gaussian_noise))),
+    (5 / 16, ((1 / 2, invert), (1 / 2, sepia))),
+    (5 / 16, ((1 / 2, drop_channel), (1 / 2, shuffle_channels))),
+    (1 / 16, ((1.0, shift_hsv),)),
 )
 GROUP_P = 0.25
 HOLES_P = 0.9
 
 
+def colour_transform() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The outer choice of one harmonization iteration: one transform, or None (p = 1 - GROUP_P)."""
+    if not _chance(GROUP_P):
+        return None
+    return _pick(_pick(HARMONIZATION_GROUPS))
+
+
 def harmonization_augment(real0: torch.Tensor) -> torch.Tensor:
     """The harmonization augmentation of METHOD 4 on a 1x3xHxW image in [-1, 1]."""
     x = _levels(real0.contiguous())
-    for group in HARMONIZATION_GROUPS:
-        if _chance(GROUP_P):
-            x = group[_randint(0, len(group) - 1)](x)
+    transform = colour_transform()
+    if transform is not None:
+        x = transform(x)
     if _chance(HOLES_P):
         x = holes(x)
     return _from_levels(x)
 
 
 # --- editing: grid shuffle --------------------------------------------------------------------
-# tiles -> (tile side as a fraction of the image side, move as a fraction of the image side).
-# METHOD 4 gives the move for one and two tiles; three and more move as two do.
+# tiles -> (tile side, move), each as a range of fractions of the image side. Whole pixels: the
+# range's ends are int(side * fraction) and the pixel count is drawn uniformly between them.
 TILE_TABLE = {1: ((0.20, 0.50), (0.05, 0.15)),
               2: ((0.15, 0.30), (0.05, 0.10)),
               3: ((0.10, 0.20), (0.05, 0.10))}
@@ -177,29 +234,42 @@ MANY_TILES = ((0.10, 0.15), (0.05, 0.10))
 MAX_TILES = 5
 
 
-def _tile_axis(side: int, size_range: tuple[float, float], move_range: tuple[float, float]) -> tuple[int, int, int]:
-    """(tile length, source start, destination start) along one image axis."""
-    length = min(side, max(1, round(_uniform(*size_range) * side)))
-    src = _randint(0, side - length)
-    move = max(1, round(_uniform(*move_range) * side))  # at least a pixel: a tile that stays put edits nothing
-    dst = src + move if _chance(0.5) else src - move
-    if not 0 <= dst <= side - length:  # the other direction always fits for tiles up to half the side
-        dst = 2 * src - dst
-    return length, src, min(max(dst, 0), side - length)
+def _pixels(side: int, fractions: tuple[float, float]) -> int:
+    return _randint(int(side * fractions[0]), int(side * fractions[1]))
+
+
+def tile_layout(height: int, width: int, tiles: int | None = None) -> list[tuple[int, int, int, int, int, int]]:
+    """(source top, source left, tile height, tile width, destination top, destination left) per tile.
+
+    The tile's origin is a whole pixel in [0, side], ends included, and the tile is cut off at the
+    far border (it can be empty). One random sign moves the tile on both axes (down-right or
+    up-left); a destination past the border is clamped so that the tile still fits there, so a move
+    can be zero.
+    """
+    tiles = _randint(1, MAX_TILES) if tiles is None else tiles
+    size_range, move_range = TILE_TABLE.get(tiles, MANY_TILES)
+    layout = []
+    for _ in range(tiles):
+        top, left = _randint(0, height), _randint(0, width)
+        tile_h = min(_pixels(height, size_range), height - top)
+        tile_w = min(_pixels(width, size_range), width - left)
+        move_y, move_x = _pixels(height, move_range), _pixels(width, move_range)
+        if _chance(0.5):
+            dst_top, dst_left = max(top - move_y, 0), max(left - move_x, 0)
+        else:
+            dst_top, dst_left = min(top + move_y, height - tile_h), min(left + move_x, width - tile_w)
+        layout.append((top, left, tile_h, tile_w, dst_top, dst_left))
+    return layout
 
 
 def grid_shuffle(real0: torch.Tensor, tiles: int | None = None) -> torch.Tensor:
     """Copy 1-5 random rectangles of the image to a nearby position (more tiles: smaller tiles)."""
-    tiles = _randint(1, MAX_TILES) if tiles is None else tiles
-    size_range, move_range = TILE_TABLE.get(tiles, MANY_TILES)
     source = real0.contiguous()
     out = source.clone()
-    height, width = source.shape[-2:]
-    for _ in range(tiles):
-        th, sy, dy = _tile_axis(height, size_range, move_range)
-        tw, sx, dx = _tile_axis(width, size_range, move_range)
+    for top, left, tile_h, tile_w, dst_top, dst_left in tile_layout(*source.shape[-2:], tiles=tiles):
         # Tiles come from the unaltered image, so one tile never carries another along.
-        out[:, :, dy:dy + th, dx:dx + tw] = source[:, :, sy:sy + th, sx:sx + tw]
+        out[:, :, dst_top:dst_top + tile_h, dst_left:dst_left + tile_w] = \
+            source[:, :, top:top + tile_h, left:left + tile_w]
     return out
 
 
