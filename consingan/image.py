@@ -4,13 +4,13 @@ Images are float tensors of shape 1x3xHxW with values in [-1, 1].
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .config import Config
 from .errors import UserError
@@ -105,13 +105,109 @@ def grid(images: torch.Tensor, columns: int = 5, gap: int = 2) -> torch.Tensor:
     return out
 
 
+# --- resizing as the reference does (METHOD 1) -----------------------------------------------
+# A MATLAB-style imresize with its quirks, since they decide the training data: the image is
+# truncated to 8-bit levels first, the sampling grid follows the nominal scale factor, the cubic
+# kernel is widened when shrinking, and the two borders are treated differently (below).
+
+def to_levels(image: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW in [-1, 1] -> uint8 levels, computed in float32 and truncated, not rounded (quirk):
+    the reference converts every image this way before it resizes it, even at scale 1. An 8-bit
+    image read as v/255*2-1 loses one level at 1..63, whose float32 value lands just below v."""
+    x = image.detach().to("cpu", torch.float32)
+    return (255 * ((x + 1) / 2).clamp(0, 1)).to(torch.uint8)
+
+
+def from_levels(levels: np.ndarray) -> torch.Tensor:
+    """Levels 0..255 (any float or uint8 array, not rounded) -> float32 in [-1, 1], as the reference maps
+    its resize's output back: float64 / 255, cast to float32, then (y - 0.5) * 2, clamped."""
+    y = torch.from_numpy(np.asarray(levels) / 255).to(torch.float32)
+    return ((y - 0.5) * 2).clamp(-1.0, 1.0)
+
+
+def _cubic(t: np.ndarray) -> np.ndarray:
+    """The cubic convolution kernel with a = -0.5 (the weights of MATLAB's and torch's bicubic)."""
+    a = np.abs(t)
+    a2, a3 = a ** 2, a ** 3
+    return ((1.5 * a3 - 2.5 * a2 + 1) * (a <= 1)
+            + (-0.5 * a3 + 2.5 * a2 - 4 * a + 2) * ((1 < a) & (a <= 2)))
+
+
+@functools.lru_cache(maxsize=128)
+def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool) -> np.ndarray:
+    """The out_len x in_len float64 matrix of the reference's resize along one axis (read-only).
+
+    Output pixel i (1-based) is centred on input position i/s + (1 - 1/s)/2 (1-based), with ``s`` the
+    scale the caller gives (the nominal factor, not out/in, for the pyramid: quirk). With
+    ``antialias`` the kernel is stretched by 1/s. Taps before the first pixel get weight 0 and each
+    row is renormalised (quirk: the reference casts their negative index to unsigned, which puts
+    them far outside the kernel); taps past the last pixel are mirrored onto the image (the edge
+    pixel repeated). So the top/left border renormalises while the bottom/right border mirrors.
+    """
+    if antialias:
+        width = 4.0 * (1.0 / scale)
+        kernel = lambda t: scale * _cubic(scale * t)  # noqa: E731
+    else:
+        width, kernel = 4.0, _cubic
+    centre = np.arange(1, out_len + 1) / scale + 0.5 * (1 - 1.0 / scale)
+    left = np.floor(centre - width / 2)
+    taps = left[:, None] + np.arange(math.ceil(width) + 2) - 1  # 0-based input index of each tap
+    # The operations and their order as in the reference, so that the float64 weights are the same.
+    weights = kernel(centre[:, None] - taps - 1)
+    weights[taps < 0] = 0.0
+    sums = weights.sum(axis=1)
+    sums[sums == 0] = 1.0
+    weights = weights / sums[:, None]
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    index = mirror[np.mod(taps.astype(np.int64), 2 * in_len)]
+    matrix = np.zeros((out_len, in_len))
+    rows = np.broadcast_to(np.arange(out_len)[:, None], taps.shape)
+    np.add.at(matrix, (rows, index), weights)  # mirrored taps landing on one pixel add up
+    matrix.flags.writeable = False
+    return matrix
+
+
+def _reference_resize(image: torch.Tensor, size: tuple[int, int], scales: tuple[float, float]) -> torch.Tensor:
+    """Nx3xHxW (any channel count) -> NxCx``size``, resampling each axis with its scale factor."""
+    n, c, h, w = image.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    levels = to_levels(image).reshape(n * c, h, w).numpy()
+    # Antialiasing for both axes when the height shrinks: the reference decides it from the first axis.
+    antialias = scales[0] < 1
+    # The axes in ascending order of scale (height first when equal), as the reference resizes them;
+    # an axis at exactly scale 1 is not resampled.
+    order = [axis for axis in sorted((0, 1), key=lambda a: scales[a]) if scales[axis] != 1.0]
+    out = np.empty((n * c, out_h, out_w))
+    for k in range(n * c):  # one channel at a time: float64 copies of a large photo stay small
+        x = levels[k].astype(np.float64)
+        for axis in order:
+            if axis == 0:
+                x = resize_weights(h, out_h, scales[0], antialias) @ x
+            else:
+                x = x @ resize_weights(w, out_w, scales[1], antialias).T
+        out[k] = x
+    return from_levels(out).reshape(n, c, out_h, out_w).to(image.device)
+
+
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic resize to (height, width), clamped to [-1, 1]."""
+    """The reference's resize of an Nx3xHxW image in [-1, 1] to (height, width) (its
+    ``imresize_to_shape``): each axis at the scale out/in of its own, float32 in [-1, 1].
+
+    The image is truncated to 8-bit levels even when the size does not change (METHOD 1); the
+    result is not rounded back to levels.
+    """
+    h, w = image.shape[-2:]
     size = (int(size[0]), int(size[1]))
-    if tuple(image.shape[-2:]) == size:
-        return image.clone()
-    out = F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)
-    return out.clamp(-1.0, 1.0)
+    return _reference_resize(image, size, (size[0] / h, size[1] / w))
+
+
+def rescale(image: torch.Tensor, scale: float) -> torch.Tensor:
+    """The reference's resize by a nominal factor (its ``imresize``): the output is
+    ``ceil(H*scale) x ceil(W*scale)``, and both axes are sampled at ``scale`` itself, not at the
+    realised ratio out/in (quirk, METHOD 1), so the content shifts by up to a pixel towards the
+    top-left. Truncates to 8-bit levels as ``resize`` does, also at scale 1."""
+    h, w = image.shape[-2:]
+    return _reference_resize(image, scaled_size(h, w, scale), (scale, scale))
 
 
 def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
@@ -120,12 +216,12 @@ def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
 
 
 def training_image(image: torch.Tensor, config: Config) -> torch.Tensor:
-    """The input resized so that its longer side is at most max_size (never enlarged)."""
+    """The input resized by ``scale1`` so that its longer side is at most max_size (never enlarged),
+    with the reference's ``rescale``: also at scale 1, where only its truncation to levels acts."""
     h, w = image.shape[-2:]
     scale1 = min(config.max_size / max(h, w), 1.0)
-    if scale1 == 1.0:
-        return image.clone()
-    return resize(image, scaled_size(h, w, scale1))
+    # Also at scale 1: the reference resizes (and so truncates to 8-bit levels) in every case.
+    return rescale(image, scale1)
 
 
 def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
@@ -152,7 +248,28 @@ def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
     return sizes
 
 
+def stage_scales(height: int, width: int, config: Config) -> list[float]:
+    """The nominal scale factor of each stage relative to the training image (the last is 1):
+    ``stage_sizes`` are ``ceil(side * scale)`` of these, and the pyramid resizes by them."""
+    stop = config.stop_stage
+    f = math.pow(config.min_size / min(height, width), 1 / stop)
+    scales = []
+    for i in range(stop):
+        if config.mode.pyramid == "geometric":
+            exponent = stop - i
+        elif stop == 1:
+            exponent = 1
+        else:
+            exponent = ((stop - 1) / math.log(stop)) * math.log(stop - i) + 1
+        scales.append(math.pow(f, exponent))
+    return scales + [1.0]
+
+
 def pyramid(real: torch.Tensor, config: Config) -> list[torch.Tensor]:
-    """The training image at every stage's size, lowest resolution first."""
-    sizes = stage_sizes(real.shape[-2], real.shape[-1], config)
-    return [resize(real, s) for s in sizes[:-1]] + [real.clone()]
+    """The training image at every stage's size, lowest resolution first: each lower stage is
+    ``rescale`` of the training image by its nominal factor; the top stage is the image itself."""
+    h, w = real.shape[-2:]
+    sizes = stage_sizes(h, w, config)  # also refuses an image smaller than min_size
+    stages = [rescale(real, s) for s in stage_scales(h, w, config)[:-1]] + [real.clone()]
+    assert [tuple(r.shape[-2:]) for r in stages] == sizes, "stage_scales and stage_sizes disagree"
+    return stages

@@ -399,6 +399,9 @@ class Trainer:
                    stage0_input: Stage0Input | None = None) -> "Trainer":
         """A trainer holding a (partly) trained model's networks and noise."""
         trainer = cls(model.real, model.config, options, progress, stage0_input)
+        # model.real is the training image already: training_image's truncation to levels must not act twice.
+        trainer.real_full = model.real.to(trainer.device)
+        trainer.reals = [trainer._layout(r) for r in pyramid(trainer.real_full, model.config)]
         n = len(model.amps)
         G = Generator(model.config)
         for _ in range(n - 1):

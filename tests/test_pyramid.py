@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,75 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
         make_config("generation", niter_stages=(5, 5, 0, 5, 5, 5))
     with pytest.raises(UserError, match="--preset"):
         make_config("generation", preset="quick")
+
+
+# --- the reference's resize in the pyramid and the training image (METHOD 1) --------------------
+
+def nominal_scales(h, w, c):
+    """The stage factors from METHOD 1's formulas, written out here."""
+    stop = c.train_stages - 1
+    f = (c.min_size / min(h, w)) ** (1 / stop)
+    if c.train_mode == "harmonization":
+        exps = [stop - i for i in range(stop)]
+    else:
+        exps = [(stop - 1) / math.log(stop) * math.log(stop - i) + 1 for i in range(stop)]
+    return [f ** e for e in exps]
+
+
+@pytest.mark.parametrize("mode, h, w, stages, min_size", [
+    ("generation", 40, 60, 4, 12), ("harmonization", 37, 52, 3, 12), ("editing", 50, 33, 5, 11)])
+def test_each_lower_stage_is_the_training_image_rescaled_by_its_nominal_factor(mode, h, w, stages, min_size):
+    from consingan.image import rescale, resize, stage_scales
+
+    c = make_config(mode, train_stages=stages, min_size=min_size)
+    real = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (1, 3, h, w)).astype(np.float32))
+    reals = pyramid(real, c)
+    scales = nominal_scales(h, w, c)
+    assert stage_scales(h, w, c) == pytest.approx(scales + [1.0], rel=1e-12)
+    assert [(math.ceil(h * s), math.ceil(w * s)) for s in scales] == stage_sizes(h, w, c)[:-1]
+    shifted = 0
+    for k, s in enumerate(scales):
+        assert torch.equal(reals[k], rescale(real, s))
+        out_h, out_w = reals[k].shape[-2:]
+        if (out_h / h, out_w / w) != (s, s):  # not the realised ratio out/in: the reference samples at s
+            assert not torch.allclose(reals[k], resize(real, (out_h, out_w)), atol=1e-3)
+            shifted += 1
+    assert shifted >= 1
+    assert torch.equal(reals[-1], real)
+
+
+def test_stage_scales_give_stage_sizes_in_every_mode():
+    from consingan.image import scaled_size, stage_scales
+
+    for mode in ("generation", "retarget", "animation", "harmonization", "editing"):
+        for h, w in ((167, 250), (250, 167), (120, 121), (60, 250)):
+            for stages, min_size in ((6, 25), (3, 20), (2, 25)):
+                c = make_config(mode, train_stages=stages, min_size=min_size)
+                scales = stage_scales(h, w, c)
+                assert [scaled_size(h, w, s) for s in scales] == stage_sizes(h, w, c), (mode, h, w, stages)
+
+
+def test_training_image_truncates_to_levels_even_at_scale_one_and_resizes_by_scale1():
+    from consingan.image import rescale
+
+    c = make_config("generation", max_size=50)
+    levels = np.random.default_rng(2).integers(0, 256, (1, 3, 30, 40))
+    small = torch.from_numpy((levels + 0.7) / 127.5 - 1).float()  # 0.7 above each level
+    expected = ((torch.from_numpy(levels / 255).float() - 0.5) * 2).clamp(-1, 1)
+    assert torch.allclose(training_image(small, c), expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(small, expected, atol=1e-3)
+    big = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, (1, 3, 70, 100)).astype(np.float32))
+    assert torch.equal(training_image(big, c), rescale(big, 0.5))
+
+
+def test_going_on_from_a_model_keeps_its_training_image():
+    # model.real has been through training_image once; truncating it again would change the data.
+    import consingan
+    from consingan.train import RunOptions, Trainer
+
+    img = (np.random.default_rng(4).random((30, 45, 3)) * 255).astype(np.uint8)
+    model = consingan.train(img, device="cpu", train_stages=2, train_depth=2, niter=1, nfc=4, min_size=12,
+                            max_size=40, manualSeed=0)
+    trainer = Trainer.from_model(model, RunOptions(device="cpu"))
+    assert torch.equal(trainer.real_full, model.real)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.reals, pyramid(model.real, model.config)))
