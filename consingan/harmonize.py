@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .config import Config
 from .errors import ConSinGANWarning, UserError
-from .image import read_array, read_image, resize, save_image
+from .image import read_array, read_image, resize, save_image, to_levels
 
 BLUR_SIGMA = 5.0  # METHOD 4
 BLUR_TRUNCATE = 4.0  # kernel radius in sigmas (that of scikit-image's gaussian filter)
@@ -53,24 +53,46 @@ def _unit_range(arr: np.ndarray) -> np.ndarray:
     return arr / 255.0 if arr.size and arr.max() > 1.0 else arr
 
 
-def mask_from_array(arr: np.ndarray, what: str = "mask") -> np.ndarray:
-    """Grayscale, RGB or RGBA (any bit depth) -> HxW bool, binarised at 0.5.
+def mask_channel(arr: np.ndarray, what: str = "mask") -> np.ndarray:
+    """The channel of a mask image (gray, RGB or RGBA; any bit depth) that marks the object, as an
+    HxW float32 array in [0, 1] read like an image's channel.
 
-    An alpha channel that varies is the mask; an opaque one is ignored and the colours are read.
+    As the reference (METHOD 4): the RED channel (gray for a gray image), the alpha channel ignored.
+    Exception (this project's): when every colour channel is constant over the whole image and the
+    alpha channel is not, the shape can only be in the alpha channel, which is then used (an
+    all-white or all-black RGBA image with the shape in alpha). An RGBA mask whose colours mark the
+    object keeps the red rule whatever its alpha holds.
     """
-    x = _unit_range(np.asarray(arr))
-    if x.ndim == 3 and x.shape[2] in (2, 4) and x[:, :, -1].min() < x[:, :, -1].max():
-        x = x[:, :, -1]
-    elif x.ndim == 3 and x.shape[2] in (1, 2):
-        x = x[:, :, 0]
-    elif x.ndim == 3 and x.shape[2] in (3, 4):
-        x = x[:, :, :3].mean(axis=2)
-    elif x.ndim != 2:
-        raise UserError(f"{what}: an array of shape {x.shape} is not a mask; give a grayscale, RGB or RGBA image")
-    return x >= 0.5
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] in (1, 2, 3, 4):
+        colours = a[:, :, :3] if a.shape[2] >= 3 else a[:, :, :1]
+        if a.shape[2] in (2, 4):
+            alpha = a[:, :, -1]
+            if (colours == colours[:1, :1]).all() and alpha.min() < alpha.max():
+                return np.clip(_unit_range(alpha), 0.0, 1.0)
+        a = colours[:, :, 0]
+    elif a.ndim != 2:
+        raise UserError(f"{what}: an array of shape {a.shape} is not a mask; give a grayscale, RGB or RGBA image")
+    return np.clip(_unit_range(a), 0.0, 1.0)
+
+
+def _object(levels: torch.Tensor) -> torch.Tensor:
+    """Where a mask channel (in [-1, 1]) marks the object: its truncated 8-bit level is above 0 (as
+    the reference's torch2uint8, then nonzero). Levels 1 and below count as background, 2 and up
+    as object: a JPEG's ringing around the shape is object too (quirk, METHOD 4)."""
+    return to_levels(levels) > 0
+
+
+def mask_from_array(arr: np.ndarray, what: str = "mask") -> np.ndarray:
+    """A mask image array (gray, RGB or RGBA; any bit depth) -> HxW bool, the object at the array's own size:
+    the channel ``mask_channel`` picks (red, else a varying alpha under constant colours) where its
+    level truncated to 8 bits is above 0, as the reference (METHOD 4)."""
+    channel = torch.from_numpy(mask_channel(arr, what)) * 2.0 - 1.0  # the image read path's float32 values
+    return _object(channel).numpy()
 
 
 def read_mask(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+    """A mask file -> HxW bool at the file's size (``mask_from_array``)."""
     return mask_from_array(read_array(path, what), f"{what} {path}")
 
 
@@ -93,10 +115,10 @@ def _gaussian_1d(sigma: float, device: torch.device) -> torch.Tensor:
 
 
 def soft_mask(mask: torch.Tensor, dilation: int, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    """1x1xHxW binary mask -> dilated (disk of radius ``dilation``), blurred, scaled to peak at 1.
+    """1x1xHxW binary mask -> dilated (disk of radius ``dilation``), blurred, normalised min-max to [0, 1].
 
-    Outside the reach of the disk and the kernel the result is exactly 0, so the blend leaves those
-    pixels of the training image untouched.
+    Outside the reach of the disk and the kernel the result is exactly 0 (when such pixels exist, 0
+    is the minimum), so the blend leaves those pixels of the training image untouched.
     """
     m = mask.float()
     if dilation > 0:
@@ -107,23 +129,29 @@ def soft_mask(mask: torch.Tensor, dilation: int, sigma: float = BLUR_SIGMA) -> t
     # Edge pixels repeat beyond the border (scikit-image's default), so a mask touching the border stays strong there.
     m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    peak = m.max()
-    return (m / peak).clamp(0.0, 1.0) if peak > 0 else m
+    # Min-max normalised as the reference. A mask with no contrast (empty, or covering everything, where
+    # the blur leaves only float rounding) stays as it is rather than have its rounding stretched (or 0/0).
+    lo, hi = m.min(), m.max()
+    return ((m - lo) / (hi - lo)).clamp(0.0, 1.0) if hi - lo > 1e-4 else m
 
 
 def _mask_tensor(mask: Any, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """A mask (HxW array or tensor, any size) -> 1x1xhxw float 0/1 at ``size``, binarised at 0.5."""
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-    m = m.detach().float().to(device)
-    while m.dim() < 4:
-        m = m.unsqueeze(0)
-    if m.shape[1] != 1:
-        raise ValueError(f"a mask has one channel, got shape {tuple(m.shape)}")
+    """A mask (HxW array or tensor, any size) -> 1x1xhxw float 0/1 at ``size``: the object.
+
+    The mask is a channel read like an image (bool: True is the object; integers: levels of their
+    type; floats: in [0, 1]). As the reference, a mask of another size is resized with the images'
+    resize first (METHOD 1), then its level truncated to 8 bits above 0 is the object.
+    """
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    while m.ndim > 2 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise ValueError(f"a mask has one channel, got shape {tuple(np.asarray(mask).shape)}")
+    m = torch.from_numpy(np.clip(_unit_range(m), 0.0, 1.0))[None, None] * 2.0 - 1.0
     if tuple(m.shape[-2:]) != tuple(size):
-        # Area averaging, then 0.5: a pixel of the smaller mask is in when most of what it covers is.
-        m = F.interpolate(m, size=size, mode="area") if m.shape[-1] >= size[1] else (
-            F.interpolate(m, size=size, mode="bilinear", align_corners=False))
-    return (m >= 0.5).float()
+        # The reference resizes when the width differs (and fails on another height alone).
+        m = resize(m, size)
+    return _object(m).float().to(device)
 
 
 # --- the naive image at stage 0 -------------------------------------------------------------
@@ -176,8 +204,11 @@ def harmonize(model, naive: torch.Tensor, mask: Any = None, seed: int | None = N
     """(result, blended result or None): 1x3xHxW in [-1, 1] at the model's top-stage size.
 
     ``naive``: 1x3xhxw in [-1, 1], any size (resized to stage 0). ``mask``: HxW (any size; the
-    naive image's), nonzero where the object is; the blend is ``m*out + (1-m)*real`` with ``m`` the
-    dilated, blurred mask. ``seed`` fixes the noise editing adds to the naive image.
+    naive image's), bool (True where the object is, e.g. ``read_mask``) or the mask image's channel
+    as read (``mask_channel``: the object where its 8-bit level is above 0 after the resize to the
+    output, as the reference; a bool mask is resized as a black-and-white image). The blend is
+    ``m*out + (1-m)*real`` with ``m`` the dilated, blurred, min-max normalised mask. ``seed`` fixes
+    the noise editing adds to the naive image.
     """
     require_naive_mode(model.config)
     if check:
@@ -191,8 +222,12 @@ def harmonize(model, naive: torch.Tensor, mask: Any = None, seed: int | None = N
     if mask is None:
         return out, None
     size = tuple(out.shape[-2:])
-    # The pyramid's resize, so that a partial model blends with exactly its stage's training image.
-    real = resize(model.real.to(out.device), size)
+    real = model.real.to(out.device)
+    if tuple(real.shape[-2:]) != size:
+        # A partial model blends with exactly its top stage's training image, as the pyramid makes it.
+        real = next((r for r in model.reals() if tuple(r.shape[-2:]) == size), None)
+        real = resize(model.real, size) if real is None else real
+        real = real.to(out.device)
     m = soft_mask(_mask_tensor(mask, size, out.device), int(model.config.mode.mask_dilation))
     return out, m * out + (1 - m) * real
 
@@ -214,8 +249,9 @@ def write_results(model, naive_path: str | os.PathLike, out: str | os.PathLike,
     if mask_path is None and default_mask_path(naive_path).is_file():
         mask_path = default_mask_path(naive_path)
     if mask_path is not None:
-        mask = read_mask(mask_path, "mask")
-        if not mask.any():
+        # The channel itself, not a bool: a mask of another size is resized with its grey levels (METHOD 4).
+        mask = mask_channel(read_array(mask_path, "mask"), f"mask {mask_path}")
+        if not _object(torch.from_numpy(mask) * 2.0 - 1.0).any():
             raise UserError(f"mask {mask_path} is all zero, so the blend would be the training image; mark the "
                             "pasted object white in the mask, or leave out --mask")
         if mask.shape != tuple(naive.shape[-2:]):
