@@ -46,8 +46,40 @@ def _to_rgb_float(arr: np.ndarray, path: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
+# Pillow modes that hold another colour space or a palette, and the mode a viewer would show.
+_PIL_CONVERT = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA",
+                "La": "LA", "RGBa": "RGBA"}
+
+
+def _read_with_pillow(path: str) -> np.ndarray | None:
+    """The image as a viewer shows it, by Pillow: EXIF orientation applied (phones store photos
+    sideways plus a tag) and CMYK etc. converted to RGB. None when Pillow does not know the format,
+    or for TIFF files that need no conversion: imageio's TIFF reader keeps 16-bit colour, which
+    Pillow would cut to 8 bits."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        return None
+    with im:
+        if im.format == "TIFF" and im.mode not in _PIL_CONVERT:
+            return None
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        elif im.mode in _PIL_CONVERT:
+            im = im.convert(_PIL_CONVERT[im.mode])
+        arr = np.asarray(im)
+    if im.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)  # 16-bit gray in Pillow's 32-bit container
+    return arr
+
+
 def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an image file as it is stored (first frame of an animation). Errors name the file and the fix."""
+    """Read an image file as a viewer shows it (first frame of an animation): Pillow's formats with
+    their EXIF orientation applied and CMYK converted to RGB, others through imageio. Errors name
+    the file and the fix."""
     import imageio.v3 as iio
 
     path = str(path)
@@ -56,8 +88,10 @@ def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     if os.path.isdir(path):
         raise UserError(f"{what} {path} is a folder; give an image file")
     try:
-        arr = np.asarray(iio.imread(path, index=0))
-    except Exception as exc:  # imageio raises many types for unreadable files
+        arr = _read_with_pillow(path)
+        if arr is None:
+            arr = np.asarray(iio.imread(path, index=0))
+    except Exception as exc:  # Pillow and imageio raise many types for unreadable files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot read {what} {path} ({reason}); give a valid PNG or JPEG file") from None
     if arr.size == 0:
