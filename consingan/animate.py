@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ import torch
 from .errors import UserError
 from .image import to_uint8
 from .noise import gaussian
+from .progress import count_progress
 from .sampling import _batch_size, make_generator
 
 # The set the reference writes for an animation model.
@@ -120,8 +121,16 @@ def animate(model, walk: Walk | None = None, seed: int | None = None) -> torch.T
 
 
 def uint8_frames(model, walk: Walk, seed: int | None = None) -> np.ndarray:
-    """FxHxWx3 uint8: what goes into the file."""
-    return np.stack([to_uint8(img) for batch in frame_batches(model, walk, seed) for img in batch])
+    """FxHxWx3 uint8: what goes into the file (all frames at once; write_animations streams them)."""
+    return np.stack(list(uint8_frame_stream(model, walk, seed)))
+
+
+def uint8_frame_stream(model, walk: Walk, seed: int | None = None) -> Iterator[np.ndarray]:
+    """The frames one at a time (HxWx3 uint8), computed a batch at a time: memory does not grow with
+    the number of frames."""
+    for batch in frame_batches(model, walk, seed):
+        for img in batch:
+            yield to_uint8(img)
 
 
 def require_writer(fmt: str) -> None:
@@ -136,27 +145,75 @@ def require_writer(fmt: str) -> None:
                             "(or write GIFs with --format gif)") from None
 
 
-def write_frames(frames: np.ndarray, path: Path, fps: float, fmt: str) -> None:
-    import imageio.v3 as iio
+def write_frames(frames: Iterable[np.ndarray], path: Path, fps: float, fmt: str,
+                 on_frame: Callable[[int], None] | None = None) -> None:
+    """Write HxWx3 uint8 frames (an iterable, or an FxHxWx3 array) as they come: one frame is held at
+    a time. The file appears under ``path`` only once complete, and never over an existing file
+    (outputs.temp_file); ``on_frame(count)`` after each frame."""
+    from .outputs import temp_file
 
-    if fmt == "gif":
-        # Pillow takes the frame time in milliseconds (GIF stores it in 1/100 s); loop=0: forever.
-        iio.imwrite(path, frames, extension=".gif", plugin="pillow", duration=1000.0 / fps, loop=0)
-    else:
-        # H.264 in yuv420p needs even sides: repeat the last row/column rather than let imageio resize.
-        h, w = frames.shape[1:3]
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        iio.imwrite(path, frames, extension=".mp4", plugin="FFMPEG", fps=fps, macro_block_size=2)
+    with temp_file(path, overwrite=False, keep_suffix=True) as tmp:
+        if fmt == "gif":
+            with open(tmp, "wb") as f:
+                gif = GifStream(f, duration_ms=1000.0 / fps, loop=0)
+                for i, frame in enumerate(frames, 1):
+                    gif.write(frame)
+                    f.flush()  # on disk as it comes (a watcher sees the file grow)
+                    if on_frame is not None:
+                        on_frame(i)
+                gif.close()
+        else:
+            import imageio.v2 as iio2
+
+            # imageio's FFMPEG writer pipes each frame to ffmpeg as it comes.
+            with iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, macro_block_size=2) as writer:
+                for i, frame in enumerate(frames, 1):
+                    # H.264 in yuv420p needs even sides: repeat the last row/column rather than let imageio resize.
+                    h, w = frame.shape[:2]
+                    writer.append_data(np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"))
+                    if on_frame is not None:
+                        on_frame(i)
+
+
+class GifStream:
+    """An animated GIF written frame by frame (Pillow's own GIF writer holds every frame until the end).
+
+    Each frame gets its own adaptive palette, as Pillow's writer gives it (the first one in the
+    global colour table, the others in a local one); ``duration_ms`` per frame, ``loop`` 0: forever.
+    """
+
+    def __init__(self, fp, duration_ms: float, loop: int = 0):
+        self.fp, self.duration, self.loop = fp, duration_ms, loop
+        self.count = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        from PIL import GifImagePlugin, Image
+
+        im = Image.fromarray(np.ascontiguousarray(frame), "RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+        # getheader: the palette reduced to the colours used (as Pillow's writer does), and the header.
+        header, _ = GifImagePlugin.getheader(im, None, {"optimize": True, "loop": self.loop,
+                                                        "duration": self.duration})
+        if self.count == 0:
+            self.fp.write(b"".join(header))
+        params = {"duration": self.duration, "include_color_table": self.count > 0}
+        self.fp.write(b"".join(GifImagePlugin.getdata(im, (0, 0), **params)))
+        self.count += 1
+
+    def close(self) -> None:
+        self.fp.write(b";")  # the GIF trailer
 
 
 def write_animations(model, out: str | Path, walks: Sequence[Walk], seed: int | None = None, fmt: str = "gif",
-                     on_written: Callable[[Path], None] | None = None) -> list[Path]:
+                     on_written: Callable[[Path], None] | None = None, progress: str = "none") -> list[Path]:
     """Write one file per walk into ``out`` (named as the reference names them) and return the paths.
 
     Each walk starts from ``seed`` on its own, so one file of the set can be remade alone with the same
     flags. Every setting and every target is checked before anything is written; an existing file is
     an error, never overwritten. Meant for animation models (random stage-0 fixed noise); other
     models animate too, but their stage-0 walk circles the training image itself.
+
+    Frames are written as they are made (memory does not grow with ``num_frames``), each file
+    atomically; ``progress``: "auto" (a bar on a terminal), "plain" or "none".
     """
     out = Path(out)
     walks = [w.check(model) for w in walks]
@@ -169,7 +226,8 @@ def write_animations(model, out: str | Path, walks: Sequence[Walk], seed: int | 
         raise UserError("two animations would have the same file name; give distinct settings")
     out.mkdir(parents=True, exist_ok=True)
     for walk, path in zip(walks, paths):
-        write_frames(uint8_frames(model, walk, seed), path, walk.fps, fmt)
+        with count_progress(progress, walk.num_frames, f"frames of {path.name}") as bar:
+            write_frames(uint8_frame_stream(model, walk, seed), path, walk.fps, fmt, on_frame=bar)
         if on_written is not None:
             on_written(path)
     return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from .harmonize import fine_tune_dir, harmonize, write_results as write_harmoniz
 from .image import from_numpy, read_image, save_image, stage_sizes, training_image
 from .model import ConSinGAN
 from .model_file import MODEL_FILE, load_model, save_model
-from .progress import make_progress
+from .progress import count_progress, make_progress
 from .runtime import resolve_precision
-from .train import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer
+from .outputs import NoSpace, OutputExists, claim_dir, clean_temp_files, write_bytes
+from .train import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer, no_space_stop
 from .train import train as _train_loop
 
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
@@ -94,33 +96,53 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     dev = resolve_device(device)
     config = resolve_precision(config, dev)  # config.json records what the run uses
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        check_new_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
-        _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
-    model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
-                                                 preview=preview),
-                        progress=make_progress(progress), stage0_input=stage0_input_for(config))
-    return _finish(model, out)
+    with _claimed(out, fresh=True):
+        if out is not None:
+            meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
+            _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
+        model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
+                                                     preview=preview),
+                            progress=make_progress(progress), stage0_input=stage0_input_for(config))
+        return _finish(model, out)
+
+
+@contextmanager
+def _claimed(out: Path | None, fresh: bool, what: str = "--out_dir"):
+    """Hold ``out`` for this run (outputs.claim_dir) while the block runs; nothing to do without ``out``."""
+    if out is None:
+        yield
+        return
+    claim = claim_dir(out, what, fresh=fresh)
+    try:
+        yield
+    finally:
+        claim.release()
 
 
 def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
            checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
     """Go on with an interrupted training run from ``out_dir/checkpoint.pt``."""
     out = Path(out_dir)
-    if not (out / CHECKPOINT_FILE).exists():
-        if (out / MODEL_FILE).exists():
-            raise UserError(f"{out} holds a finished model and no checkpoint: nothing to resume")
-        raise UserError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
-                        "interrupted training run")
+    if not out.is_dir():
+        _no_checkpoint(out)
     options = RunOptions(device=str(resolve_device(device)), out_dir=out, checkpoint_every=checkpoint_every)
     from .model_file import read_record
 
-    config = Config.from_dict(read_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"])
-    options, stage0_input = _harmonize.resume_hooks(out, config, options, stage0_input_for(config))
-    trainer = Trainer.resume(out, options, make_progress(progress), stage0_input)
-    return _finish(trainer.fit(), out)
+    with _claimed(out, fresh=False):  # not while the run itself (or another resume) still goes on
+        if not (out / CHECKPOINT_FILE).exists():
+            _no_checkpoint(out)
+        clean_temp_files(out)  # left by a write that was killed
+        config = Config.from_dict(read_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"])
+        options, stage0_input = _harmonize.resume_hooks(out, config, options, stage0_input_for(config))
+        trainer = Trainer.resume(out, options, make_progress(progress), stage0_input)
+        return _finish(trainer.fit(), out)
+
+
+def _no_checkpoint(out: Path) -> None:
+    if (out / MODEL_FILE).exists():
+        raise UserError(f"{out} holds a finished model and no checkpoint: nothing to resume")
+    raise UserError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
+                    "interrupted training run")
 
 
 def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, manualSeed: int | None = None,
@@ -147,16 +169,15 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     naive_img = as_image(naive, "naive image")
     _harmonize.check_aspect(naive_img, model.real)
     out = Path(out_dir) if out_dir is not None else _harmonize.fine_tune_dir(model_dir)
-    check_new_dir(out)
     dev = resolve_device(device)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_run_info(out, model.config, _harmonize.run_info(model_dir).get("input_name"), dev, naive,
-                    **{_harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix()})
-    seed_everything(model.config.manualSeed)
-    options = RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
-                         preview=_harmonize.stage_preview(naive_img))
-    trainer = _harmonize.fine_tune_trainer(model, naive_img, options, make_progress(progress))
-    return _finish(trainer.fit(), out)
+    with _claimed(out, fresh=True):
+        _write_run_info(out, model.config, _harmonize.run_info(model_dir).get("input_name"), dev, naive,
+                        **{_harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix()})
+        seed_everything(model.config.manualSeed)
+        options = RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
+                             preview=_harmonize.stage_preview(naive_img))
+        trainer = _harmonize.fine_tune_trainer(model, naive_img, options, make_progress(progress))
+        return _finish(trainer.fit(), out)
 
 
 def _write_run_info(out: Path, config: Config, input_name: str | None, device: torch.device, naive: Any,
@@ -166,7 +187,7 @@ def _write_run_info(out: Path, config: Config, input_name: str | None, device: t
     info = {**config.to_dict(), "input_name": input_name, **extra, "device": str(device)}
     if isinstance(naive, (str, os.PathLike)):
         info[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
-    (out / "config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), out / "config.json")
 
 
 def stage0_input_for(config: Config):
@@ -179,9 +200,17 @@ def stage0_input_for(config: Config):
 
 
 def _finish(model: ConSinGAN, out: Path | None) -> ConSinGAN:
+    """Write model.pt, then drop the checkpoint it replaces and any temporary file a killed write left.
+    A full disk keeps the checkpoint and says how to go on (TrainingStopped)."""
     if out is not None:
-        save_model(model, out)
+        try:
+            save_model(model, out)
+        except NoSpace as exc:
+            checkpoint = out / CHECKPOINT_FILE
+            kept = f"the last checkpoint ({checkpoint})" if checkpoint.exists() else None
+            raise no_space_stop(exc, out, kept) from None
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model replaces it
+        clean_temp_files(out)
     return model
 
 
@@ -195,25 +224,40 @@ def format_scale(value: float) -> str:
 
 
 def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scale_h: float = 1.0,
-                  scale_w: float = 1.0, seed: int | None = None, start_scale: int = 0) -> Path:
+                  scale_w: float = 1.0, seed: int | None = None, start_scale: int = 0,
+                  progress: str = "none") -> Path:
     """The generate command's outputs: reconstruction.png, real_image.png and a folder of samples
     (``random_samples/`` or ``random_samples_scale_h_<H>_scale_w_<W>/``). Returns the samples folder.
-    An existing samples folder is an error: nothing is overwritten."""
+    An existing samples folder (or one another run is writing) is an error: nothing is overwritten.
+
+    Samples are written as they are made, a batch at a time, each file atomically, so memory does not
+    grow with ``num_samples`` and a run killed mid-way leaves only whole files. ``progress``: "auto"
+    (a bar on a terminal), "plain" (lines) or "none".
+    """
+    from .sampling import generate_batches
+
     out = Path(out)
     name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (
         f"random_samples_scale_h_{format_scale(scale_h)}_scale_w_{format_scale(scale_w)}")
     if start_scale:
         name += f"_start_scale_{start_scale}"
     folder = out / name
-    check_new_dir(folder, "output folder")
-    samples = model.sample(num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed, start_scale=start_scale)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, s in enumerate(samples):
-        save_image(s, folder / f"gen_sample_{i}.png")
+    batches = generate_batches(model, num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed,
+                               start_scale=start_scale)  # checks the settings before anything is written
+    with _claimed(folder, fresh=True, what="output folder"), count_progress(progress, num_samples, "samples") as bar:
+        i = 0
+        for batch in batches:
+            for s in batch:
+                save_image(s, folder / f"gen_sample_{i}.png")
+                i += 1
+            bar(i)
     # Deterministic for a model: an existing copy is the same picture, so it is kept as it is.
     for fname, img in (("reconstruction.png", lambda: model.reconstruct()), ("real_image.png", lambda: model.real)):
         if not (out / fname).exists():
-            save_image(img(), out / fname)
+            try:
+                save_image(img(), out / fname, overwrite=False)
+            except OutputExists:
+                pass  # another run wrote the same picture meanwhile
     return folder
 
 
@@ -233,9 +277,9 @@ def write_metrics(model: ConSinGAN, out: str | Path, num_samples: int = 50, seed
                         "(nothing was overwritten)")
     naive_img = None if naive is None else as_image(naive, "naive image")
     metrics = evaluate(model, num_samples=num_samples, seed=seed, naive=naive_img)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # allow_nan=False: a non-finite metric is a bug to see, not a file other tools cannot parse.
-    path.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    # Written atomically and never over a metrics.json another run wrote meanwhile (outputs.OutputExists).
+    write_bytes((json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode("utf-8"), path, overwrite=False)
     return path, metrics
 
 

@@ -59,9 +59,9 @@ def stopped_message(out: Path):
         yield
     except TrainingStopped as stop:
         typer.echo(f"error: {stop}", err=True)
-        if stop.checkpoint is not None and stop.checkpoint.exists():
+        if stop.resume_hint and stop.checkpoint is not None and stop.checkpoint.exists():
             typer.echo(f"Checkpoint saved in {out}. Resume with: python main_train.py --resume {out}", err=True)
-        raise typer.Exit(130 if stop.interrupted else 1)
+        raise typer.Exit(stop.exit_code)  # 130 Ctrl-C, 143 SIGTERM, 1 otherwise
 
 
 @app.command()
@@ -279,7 +279,7 @@ def generate(
             raise UserError(f"{', '.join(given)} only apply to animation models; this model was trained "
                             f"with --train_mode {model.config.train_mode}")
         folder = api.write_samples(model, target, num_samples=num_samples, scale_h=scale_h,
-                                   scale_w=scale_w, seed=seed, start_scale=start_scale or 0)
+                                   scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto")
     except UserError as e:
         fail(str(e))
     typer.echo(f"Samples saved to: {folder}")
@@ -292,7 +292,7 @@ def write_animations(model, target: Path, seed: Optional[int], start_scale: Opti
         raise UserError("animations have the training size; leave out --scale_h/--scale_w")
     fmt = animation.pop("format") or "gif"
     walks = api.reference_walks(start_scale=start_scale, **animation)
-    api.write_animations(model, target, walks, seed=seed, fmt=fmt,
+    api.write_animations(model, target, walks, seed=seed, fmt=fmt, progress="auto",
                          on_written=lambda path: typer.echo(f"Animation saved to: {path}"))
 
 

@@ -96,9 +96,17 @@ def write_composite(background: str | os.PathLike, obj: str | os.PathLike, out: 
                       ConSinGANWarning, stacklevel=2)
     import imageio.v3 as iio
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(str(out), naive)
-    iio.imwrite(str(mask_out), mask)
+    from .outputs import write_bytes
+
+    # Both encoded before either is written; each written atomically and never over a file another
+    # run wrote meanwhile: a second compose to the same --out fails and leaves the first's pair.
+    data = [iio.imwrite("<bytes>", arr, extension=f.suffix.lower()) for arr, f in ((naive, out), (mask, mask_out))]
+    write_bytes(data[0], out, overwrite=False)
+    try:
+        write_bytes(data[1], mask_out, overwrite=False)
+    except BaseException:
+        out.unlink(missing_ok=True)  # ours, just written: no naive image without its mask
+        raise
     return out, mask_out
 
 

@@ -120,11 +120,15 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
+def save_image(image: torch.Tensor, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Write atomically (outputs.write_bytes): a kill or a full disk never leaves a partial file.
+    ``overwrite=False``: an existing file is an error (outputs.OutputExists), left as it is."""
     import imageio.v3 as iio
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(str(path), to_uint8(image))
+    from .outputs import write_bytes
+
+    path = Path(path)
+    write_bytes(iio.imwrite("<bytes>", to_uint8(image), extension=path.suffix.lower()), path, overwrite=overwrite)
 
 
 def grid(images: torch.Tensor, columns: int = 5, gap: int = 2) -> torch.Tensor:

@@ -9,8 +9,6 @@ Layout (format_version 1):
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from .config import Config
 from .errors import UserError
 from .networks import Generator
+from .outputs import writing
 
 FORMAT = "consingan-model"
 FORMAT_VERSION = 1
@@ -26,20 +25,10 @@ MODEL_FILE = "model.pt"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to a temporary file beside ``path``, then rename: a reader never sees half a file,
+    and a failed write (a full disk: outputs.NoSpace) leaves the previous file and no temporary one."""
+    with writing(path, durable=True) as f:
+        torch.save(obj, f)
 
 
 def model_path(path: str | Path) -> Path:

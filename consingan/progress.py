@@ -92,3 +92,55 @@ def make_progress(kind: str = "auto"):
     if kind == "auto" and sys.stdout.isatty():
         return RichProgress()
     return PlainProgress()
+
+
+class _CountBar:
+    """count_progress's callable: ``bar(done)`` after each batch of items."""
+
+    def __init__(self, kind: str, total: int, label: str, stream=None):
+        self.total, self.label, self.bar = total, label, None
+        self.stream = stream or sys.stdout
+        self.kind = kind
+        if kind == "auto":
+            self.kind = "rich" if sys.stderr.isatty() else "none"
+        self.every = max(1, total // 10)
+        self.next_line = self.every
+        if self.kind == "rich":
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total)
+
+    def __call__(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        elif self.kind == "plain" and (done >= self.next_line or done == self.total):
+            self.next_line = (done // self.every + 1) * self.every
+            print(f"{self.label} {done}/{self.total}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class count_progress:
+    """Progress over ``total`` items written one batch at a time (samples, animation frames):
+
+        with count_progress("auto", 100, "samples") as bar:
+            for ...: bar(done)
+
+    "auto": a bar on stderr when it is a terminal (nothing otherwise: the command's own lines say what
+    was written); "plain": about ten lines on stdout; "none"."""
+
+    def __init__(self, kind: str, total: int, label: str):
+        self.args = (kind, total, label)
+
+    def __enter__(self) -> _CountBar:
+        self.bar = _CountBar(*self.args)
+        return self.bar
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()

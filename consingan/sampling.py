@@ -1,7 +1,7 @@
 """Sampling from a trained model and the tasks built on it (METHOD 4, inference)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -27,7 +27,6 @@ def _batch_size(model) -> int:
     return 1 if model.config.batch_norm else 8
 
 
-@torch.no_grad()
 def generate(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1.0, seed: int | None = None,
              start_scale: int = 0) -> torch.Tensor:
     """n random samples, Nx3xHxW in [-1, 1]. Sample i depends only on (seed, i), not on n.
@@ -35,6 +34,12 @@ def generate(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1.0, seed
     ``start_scale`` S keeps the fixed (reconstruction) noise in stages below S, so samples keep the
     layout of the training image (only at scale 1, where the fixed noise fits).
     """
+    return torch.cat(list(generate_batches(model, n, scale_h, scale_w, seed, start_scale)))
+
+
+def generate_batches(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1.0, seed: int | None = None,
+                     start_scale: int = 0) -> Iterator[torch.Tensor]:
+    """``generate``'s samples a batch at a time (Bx3xHxW, B <= 8): memory does not grow with n."""
     G, device = model.G, model.device
     G.eval()
     shapes = scaled_shapes(model.shapes, scale_h, scale_w)
@@ -43,16 +48,19 @@ def generate(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1.0, seed
                         f"use 0 to {len(shapes)}")
     if start_scale and shapes != [tuple(s) for s in model.shapes]:
         raise UserError("--start_scale needs --scale_h 1 --scale_w 1 (the fixed noise has the training sizes)")
+    return _batches(model, G, device, shapes, n, seed, start_scale)
+
+
+@torch.no_grad()
+def _batches(model, G, device, shapes, n, seed, start_scale) -> Iterator[torch.Tensor]:
     gen = make_generator(device, seed)
-    out = []
     chunk = _batch_size(model)
     for first in range(0, n, chunk):
         per_sample = [random_noise(model.config, shapes, device, gen) for _ in range(min(chunk, n - first))]
         noise = [torch.cat([s[k] for s in per_sample]) for k in range(len(shapes))]
         for k in range(min(start_scale, len(shapes))):
             noise[k] = model.fixed[k].expand_as(noise[k])
-        out.append(G(noise, shapes, model.amps))
-    return torch.cat(out)
+        yield G(noise, shapes, model.amps)
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,13 +46,36 @@ Stage0Input = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TrainingStopped(Exception):
-    """Training stopped early (Ctrl-C, a non-finite loss, a saturated generator); a checkpoint to resume
-    from may exist."""
+    """Training stopped early (Ctrl-C, SIGTERM, a non-finite loss, a saturated generator, a full disk); a
+    checkpoint to resume from may exist.
 
-    def __init__(self, message: str, checkpoint: Path | None, interrupted: bool = False):
+    ``exit_code``: what the command line exits with (130 Ctrl-C, 143 SIGTERM, 1 otherwise).
+    ``resume_hint``: False when the message already says how to go on.
+    """
+
+    def __init__(self, message: str, checkpoint: Path | None, interrupted: bool = False,
+                 exit_code: int | None = None, resume_hint: bool = True):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.interrupted = interrupted
+        self.exit_code = exit_code if exit_code is not None else (130 if interrupted else 1)
+        self.resume_hint = resume_hint
+
+
+def resume_command(out_dir: Path) -> str:
+    return f"python main_train.py --resume {out_dir}"
+
+
+def no_space_stop(exc: BaseException, out_dir: Path | None, kept: str | None) -> TrainingStopped:
+    """A full disk while training: what was kept and how to go on (``kept``: the checkpoint left, or None)."""
+    from .outputs import NoSpace
+
+    where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or out_dir or ".").where
+    if kept is None:
+        advice = "no checkpoint was written yet, so there is nothing to resume: free space and train again"
+        return TrainingStopped(f"no space left on {where}; {advice}", None, resume_hint=False)
+    return TrainingStopped(f"no space left on {where}; kept {kept}, free space and resume with: "
+                           f"{resume_command(out_dir)}", out_dir / CHECKPOINT_FILE, resume_hint=False)
 
 
 @dataclass(frozen=True)
@@ -149,24 +173,34 @@ class StageWriter:
             self.log.close()
 
 
-def _on_sigint(callback: Callable[[], None]) -> Callable[[], None]:
-    """Route Ctrl-C to ``callback`` (main thread only); returns the function that undoes it."""
+def _on_stop_signals(callback: Callable[[int], None]) -> Callable[[], None]:
+    """Route Ctrl-C (SIGINT) and SIGTERM (what batch schedulers, containers and cluster managers send)
+    to ``callback(signum)`` (main thread only); returns the function that undoes it. A second signal
+    stops at once: KeyboardInterrupt for Ctrl-C, exit status 143 for SIGTERM."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = signal.getsignal(signal.SIGINT)
+    signums = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {s: signal.getsignal(s) for s in signums}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
     def handler(signum, frame):
-        if getattr(handler, "fired", False):  # a second Ctrl-C: stop at once
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
+        if getattr(handler, "fired", False):
+            restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
         handler.fired = True
-        callback()
+        callback(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
+    for s in signums:
+        signal.signal(s, handler)
+    return restore
 
 
 class Trainer:
@@ -203,6 +237,11 @@ class Trainer:
         self.optim = None  # (opt_d, opt_g, sched_d, sched_g) of the current stage
         self.train_seconds = 0.0
         self.stage_ready = False  # True when begin_stage has run for self.stage
+        self.finite = None  # device bool: every loss of the running stage so far was finite
+        self.finite_at = (0, 0)  # (stage, iteration) that self.finite covers up to
+        self.last_checkpoint: tuple[int, int] | None = None  # (stage, iteration) of the checkpoint on disk
+        self.stop_requested = False
+        self.stop_signal: int | None = None
 
     def _layout(self, t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=self.fmt)
@@ -226,12 +265,16 @@ class Trainer:
     def fit(self) -> ConSinGAN:
         """Train (or go on training) up to the top stage and return the model.
 
-        Ctrl-C finishes the running iteration, writes a checkpoint and raises TrainingStopped.
+        Ctrl-C or SIGTERM finishes the running iteration, writes a checkpoint and raises TrainingStopped;
+        so does a full disk (keeping the last checkpoint written).
         """
-        writer = StageWriter(self.options.out_dir)
-        self.stop_requested = False
-        restore_sigint = _on_sigint(self._request_stop)
+        from .outputs import is_no_space
+
+        self.stop_requested, self.stop_signal = False, None
+        restore_signals = _on_stop_signals(self._request_stop)
+        writer = None
         try:
+            writer = StageWriter(self.options.out_dir)
             for k in range(self.stage, len(self.reals)):
                 if not (self.stage_ready and self.stage == k):
                     self.begin_stage(k)
@@ -240,14 +283,28 @@ class Trainer:
                 if k + 1 < len(self.reals):
                     self.stage = k + 1
                     self.save_checkpoint()
+        except (OSError, UserError) as exc:
+            if not is_no_space(exc):
+                raise
+            raise no_space_stop(exc, self.options.out_dir, self.checkpoint_kept()) from None
         finally:
-            restore_sigint()
-            writer.close()
+            restore_signals()
+            if writer is not None:
+                writer.close()
             self.progress.close()
         return self.model(final=True)
 
-    def _request_stop(self) -> None:
+    def checkpoint_kept(self) -> str | None:
+        """The checkpoint on disk, in words (None: none written yet)."""
+        path = self.checkpoint_path()
+        if self.last_checkpoint is None or path is None or not path.exists():
+            return None
+        stage, iteration = self.last_checkpoint
+        return f"the checkpoint of stage {stage}, iteration {iteration} ({path})"
+
+    def _request_stop(self, signum: int | None = None) -> None:
         self.stop_requested = True
+        self.stop_signal = signum
 
     def _run_stage(self, writer: StageWriter) -> None:
         k = self.stage
@@ -261,7 +318,7 @@ class Trainer:
         niter = c.stage_niter(k)
         self.progress.start_stage(k, len(self.reals), niter, self.iteration)
         step = make_step(state, self.device, self.options.cuda_graphs)
-        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        finite = self.finite = torch.ones((), dtype=torch.bool, device=self.device)
         t0 = time.perf_counter()
         try:
             while self.iteration < niter:
@@ -274,15 +331,13 @@ class Trainer:
                 self.iteration += 1
                 done = self.iteration
                 finite &= torch.isfinite(losses["loss_d"] + losses["loss_g"] + losses["loss_rec"])
+                self.finite_at = (k, done)
                 logged = None
                 if done % LOG_EVERY == 0 or done == niter or done == 1:
                     logged = {name: float(v) for name, v in losses.items()}  # a host sync: only here
                     writer.log_losses(k, done, logged, opt_g.param_groups[0]["lr"])
                 if done % self.options.checkpoint_every == 0 or done == niter or logged:
-                    if not bool(finite):
-                        raise TrainingStopped(
-                            f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
-                            "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
+                    self._check_finite()
                 # Every image point is a log point: the reconstruction is computed once for both.
                 rec = self._reconstruction(state) if logged else None
                 if rec is not None and self._saturated(rec, state.real):
@@ -302,8 +357,10 @@ class Trainer:
                 if self.stop_requested:
                     self.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    path = self.save_checkpoint()
-                    raise TrainingStopped(f"interrupted at stage {k}, iteration {done}", path, interrupted=True)
+                    path = self.save_checkpoint()  # checks the losses first: NaN weights never replace good ones
+                    by = " by SIGTERM" if self.stop_signal == getattr(signal, "SIGTERM", None) else ""
+                    raise TrainingStopped(f"interrupted{by} at stage {k}, iteration {done}", path, interrupted=True,
+                                          exit_code=128 + self.stop_signal if self.stop_signal else 130)
         finally:
             self.train_seconds += time.perf_counter() - t0
         self.progress.end_stage()
@@ -343,13 +400,23 @@ class Trainer:
     def checkpoint_path(self) -> Path | None:
         return None if self.options.out_dir is None else self.options.out_dir / CHECKPOINT_FILE
 
+    def _check_finite(self) -> None:
+        """Stop (keeping the checkpoint on disk) when a loss of the running stage was NaN or infinite."""
+        if self.finite is not None and not bool(self.finite):  # a host sync: only at log and checkpoint points
+            k, done = self.finite_at
+            raise TrainingStopped(
+                f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
+                "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
+
     def save_checkpoint(self) -> Path | None:
-        """Everything needed to go on exactly where training is now, written atomically."""
+        """Everything needed to go on exactly where training is now, written atomically. Never written
+        when a loss since the last check was not finite (TrainingStopped, the previous checkpoint kept)."""
         from .model_file import atomic_save, to_record
 
         path = self.checkpoint_path()
         if path is None:
             return None
+        self._check_finite()
         record = to_record(self.model())
         record["format"] = CHECKPOINT_FORMAT
         opt_d, opt_g, sched_d, sched_g = self.optim
@@ -363,6 +430,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
         atomic_save(record, path)
+        self.last_checkpoint = (self.stage, self.iteration if self.stage_ready else 0)
         return path
 
     @classmethod
@@ -378,6 +446,7 @@ class Trainer:
         trainer.stage, trainer.iteration = int(t["stage"]), int(t["iteration"])
         trainer.stage_ready, trainer.only_top = bool(t["stage_ready"]), bool(t["only_top"])
         trainer.train_seconds = float(t["train_seconds"])
+        trainer.last_checkpoint = (trainer.stage, trainer.iteration if trainer.stage_ready else 0)
         if trainer.stage_ready:
             trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage)
             opt_d, opt_g, sched_d, sched_g = trainer.optim

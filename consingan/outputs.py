@@ -1,0 +1,272 @@
+"""Writing results without losing or mixing work.
+
+- ``claim_dir``: a run takes its output directory for itself. The claim is an exclusive ``flock`` on
+  ``<dir>/.consingan.lock`` (the file holds the owner's pid), taken atomically and held for the whole
+  run, so a second run started at the same time with the same directory is refused instead of
+  writing over the first. The lock file is removed when the run ends, finished or stopped; a run
+  that was killed leaves it behind, harmless: the kernel dropped the lock with the process, and the
+  next claim (``--resume``, say) takes it over.
+- ``write_bytes`` / ``writing``: every file goes to a temporary ``<name>.<random>.tmp`` beside its
+  target and is then renamed into place, so a kill or a full disk never leaves a half-written or
+  empty file under the real name. ``overwrite=False`` publishes with ``os.link``, which fails
+  instead of replacing a file that another run created meanwhile.
+- A full disk (ENOSPC, EDQUOT) is a ``NoSpace`` error that names the device, not a traceback.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Iterator
+
+from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: a create-exclusive marker instead of a lock (see _Claim)
+    fcntl = None
+
+LOCK_FILE = ".consingan.lock"
+NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# What tempfile.mkstemp(prefix=name + ".", suffix=".tmp") makes: the target's name, 8 random characters.
+_TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,5})?")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, NoSpace) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system that holds ``path`` (or would hold it)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _free_space(path: Path) -> str:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "?"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if free < 1000 or unit == "TB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1000
+    return "?"
+
+
+class NoSpace(UserError):
+    """The disk filled up while writing ``path``; the partial file was removed."""
+
+    def __init__(self, path: str | os.PathLike, advice: str = "free space and run again (no partial file was left)"):
+        self.path = Path(path)
+        self.device = mount_point(self.path)
+        super().__init__(f"no space left on {self.where}; {advice}")
+
+    @property
+    def where(self) -> str:
+        return f"{self.device} ({_free_space(self.device)} free, writing {self.path})"
+
+
+class OutputExists(UserError):
+    """The file appeared while this run computed it (another run wrote it): it is left as it is."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        super().__init__(f"{path} already exists (another run wrote it meanwhile); choose another output "
+                         "(nothing was overwritten)")
+
+
+def _reraise_no_space(exc: BaseException, path: Path) -> None:
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        raise NoSpace(path) from None
+
+
+@contextmanager
+def writing(path: str | os.PathLike, overwrite: bool = True, durable: bool = False) -> Iterator[IO[bytes]]:
+    """``with writing(path) as f: f.write(...)``: the file appears under ``path`` only once complete.
+
+    ``overwrite=False``: an existing ``path`` (say, written by another run meanwhile) is an error and
+    stays as it is. ``durable``: fsync before the rename (checkpoints, models)."""
+    with temp_file(path, overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+
+
+@contextmanager
+def temp_file(path: str | os.PathLike, overwrite: bool = True, keep_suffix: bool = False) -> Iterator[Path]:
+    """The name of an empty temporary file beside ``path``, for a writer that wants a file name; when
+    the block ends without error it becomes ``path`` (``publish``), otherwise it is removed.
+    ``keep_suffix``: the name ends in ``.tmp<path's suffix>`` (writers that pick the format from it)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = ".tmp" + (path.suffix if keep_suffix else "")
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        _reraise_no_space(exc, path)
+        raise
+    try:
+        yield Path(tmp)
+        publish(tmp, path, overwrite)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _reraise_no_space(exc, path)
+        raise
+
+
+def write_bytes(data: bytes, path: str | os.PathLike, overwrite: bool = True, durable: bool = False) -> Path:
+    with writing(path, overwrite, durable) as f:
+        f.write(data)
+    return Path(path)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Move a finished temporary file to ``path`` (atomically; without ``overwrite``, never over a file)."""
+    path = Path(path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExists(path) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # A file system without hard links: reserve the name, then move the file over the reservation.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise OutputExists(path) from None
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def clean_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``<name>.<8 characters>.tmp[.ext]``) that a killed write left in ``folder``
+    and its subfolders. Call it only on a folder this run has claimed."""
+    removed = []
+    for p in Path(folder).rglob("*.tmp*"):
+        if p.is_file() and _TEMP_NAME.fullmatch(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class Claim:
+    """One run's hold on a directory (see ``claim_dir``); ``release()`` ends it and removes the lock file."""
+
+    def __init__(self, folder: Path, fd: int | None):
+        self.folder, self.fd = folder, fd
+        self.lock = folder / LOCK_FILE
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            # Remove the file while still holding it: a run waiting on the old file finds it gone and
+            # makes a new one (see _lock), so two runs never both believe they hold the directory.
+            if _same_file(self.fd, self.lock):
+                self.lock.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _owner(lock: Path) -> str:
+    """The holder's pid from the lock file; it writes it just after taking the lock, so wait a moment for it."""
+    import time
+
+    for _ in range(50):
+        try:
+            text = lock.read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return f"pid {text}"
+        time.sleep(0.01)
+    return "pid unknown"
+
+
+def _lock(folder: Path, what: str) -> int | None:
+    lock = folder / LOCK_FILE
+    in_use = lambda: UserError(f"{folder} is in use by another run ({_owner(lock)}); wait for it to end "  # noqa: E731
+                               f"or choose another {what} (nothing was overwritten)")
+    while True:
+        try:
+            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+            fd = os.open(lock, flags, 0o644)
+        except FileExistsError:  # no flock on this system: the marker's existence is the claim
+            raise in_use() from None
+        except OSError as exc:
+            _reraise_no_space(exc, lock)
+            raise
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise in_use() from None
+        except OSError as exc:  # a file system without locks (some network mounts): proceed unlocked
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                os.close(fd)
+                raise
+            break
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # its owner removed the file between our open and our lock: take a fresh one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass  # the pid is only for the message a second run prints
+    return fd
+
+
+def claim_dir(folder: str | os.PathLike, what: str = "--out_dir", fresh: bool = True) -> Claim:
+    """Take ``folder`` for this run: create it if needed and lock it; another run holding it is an
+    error (``<folder> is in use by another run (pid N)``). ``fresh``: it must also hold no files
+    (nothing written before is overwritten). Release the returned Claim when the run ends."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} already exists and is not a directory; choose another directory "
+                        "(nothing was overwritten)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _reraise_no_space(exc, folder)
+        raise
+    claim = Claim(folder, _lock(folder, what))
+    if fresh and any(p.name != LOCK_FILE for p in folder.iterdir()):
+        claim.release()
+        raise UserError(f"{what} {folder} already exists and is not empty; choose another directory "
+                        "(nothing was overwritten)")
+    return claim
