@@ -24,7 +24,7 @@ from .device import resolve_device  # noqa: F401 (the command line uses it from 
 from .errors import UserError
 from . import harmonize as _harmonize
 from .harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
-from .image import from_numpy, read_image, save_image, stage_sizes, training_image
+from .image import check_pixels, from_numpy, read_image, save_image, stage_sizes, training_image
 from .model import ConSinGAN
 from .model_file import MODEL_FILE, load_model, save_model
 from .progress import count_progress, make_progress
@@ -36,13 +36,15 @@ from .train import train as _train_loop
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
     """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image, what)
-    if isinstance(image, np.ndarray):
-        return from_numpy(image)
-    if isinstance(image, torch.Tensor):
+        t = read_image(image, what)
+    elif isinstance(image, np.ndarray):
+        t = from_numpy(image)
+    elif isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
-        return t.unsqueeze(0) if t.dim() == 3 else t
-    raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(image).__name__}")
+        t = t.unsqueeze(0) if t.dim() == 3 else t
+    else:
+        raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(image).__name__}")
+    return check_pixels(t, what)  # NaN pixels would only surface as a NaN loss, with the wrong advice
 
 
 def default_out_dir(input_name: str, config: Config, root: str | Path = "TrainedModels") -> Path:

@@ -6,7 +6,10 @@
 """
 from __future__ import annotations
 
+import math
+import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,10 +17,13 @@ from typing import Annotated, Optional
 import typer
 
 from . import api
+from .config import MAX_SEED
 from .errors import UserError
 from .train import TrainingStopped
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
+# flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="ConSinGAN: train on one image, then generate, retarget, harmonize, edit, animate.")
 
 
@@ -52,6 +58,69 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def fail_on(exc: Exception, memory_fix: str) -> None:
+    """One ``error:`` line for what the user can fix: a UserError, an output that cannot be written
+    (OSError) and memory that ran out. Anything else is a bug and keeps its traceback."""
+    if isinstance(exc, UserError):
+        fail(str(exc))
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else "a file"
+        fail(f"cannot write or read {where} ({exc.strerror or exc}); check the path and its permissions, or "
+             "write the output elsewhere")
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and not isinstance(exc, (typer.Exit, typer.Abort))
+                                        and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))):
+        fail(f"out of memory; {memory_fix}")
+    raise exc
+
+
+# Errors the commands turn into one line (see fail_on); typer.Exit is a RuntimeError and passes through.
+HANDLED = (UserError, OSError, MemoryError, RuntimeError)
+
+
+def output_folder(path: str | Path, fix: str) -> Path:
+    """``path``, a folder the command will write into, after checking that it can be created and
+    written: an unwritable place (read-only, under a regular file, under /proc) is refused before any
+    work, with ``fix``. Folders made for the check are removed again; nothing is left behind."""
+    path = Path(path)
+    anchor = path
+    while not os.path.lexists(anchor) and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise UserError(f"cannot write into {path}: {anchor} is a file, not a folder; {fix}")
+    made: list[Path] = []
+    try:
+        for folder in reversed([path, *path.parents][: len(path.relative_to(anchor).parts)]):
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise UserError(f"cannot create the folder {folder} ({exc.strerror or exc}); {fix}") from None
+            made.append(folder)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".consingan-write-check.", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UserError(f"cannot write files into {path} ({exc.strerror or exc}); {fix}") from None
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return path
+
+
+def check_seed(seed: Optional[int], flag: str = "--seed") -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{flag} {seed} is out of range; use 0 to {MAX_SEED}")
+
+
+def check_real(value: Optional[float], flag: str, positive: bool = False) -> None:
+    """A float flag that must be a finite number (and > 0 with ``positive``)."""
+    if value is not None and not (math.isfinite(value) and (value > 0 or not positive)):
+        raise UserError(f"{flag} must be a finite {'positive ' if positive else ''}number, not {value}")
+
+
 @contextmanager
 def stopped_message(out: Path):
     """Training that stopped early: say why and how to go on, exit non-zero."""
@@ -68,10 +137,13 @@ def stopped_message(out: Path):
 def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
-    train_mode: Annotated[str, opt("--train_mode", help="generation|retarget|harmonization|editing|animation")] = "generation",
-    preset: Annotated[str, opt("--preset", help="paper: METHOD's defaults; fast: 1300/780/500 iterations with 2 D steps for the top "
-                                "three stages (2000 with 3 for the first ones) in bfloat16 where the machine has it (about 13 min for 250 px on a "
-                                "2-core CPU with AVX512-BF16; see benchmarks/RESULTS.md). Flags you pass override the preset")] = "paper",
+    train_mode: Annotated[str, opt("--train_mode", help="generation, retarget, harmonization, editing or "
+                                   "animation")] = "generation",
+    preset: Annotated[str, opt("--preset", help="paper: the paper's settings. fast: fewer iterations and 2 "
+                                "discriminator steps in the top three stages, bfloat16 where the machine has it; "
+                                "about 13 instead of 75 min for 250 px on a 2-core CPU with bfloat16 instructions, "
+                                "at a small cost in quality (README: The fast preset). Flags you pass override "
+                                "the preset")] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
@@ -121,10 +193,15 @@ def train(
 ) -> None:
     """Train a model on one image, or fine-tune a harmonization/editing model on a naive image.
 
-        python main_train.py --train_mode harmonization --input_name BG.png --naive_img NAIVE.png
-        python main_train.py --train_mode harmonization --naive_img NAIVE.png --fine_tune --model_dir M --niter 500
+    \b
+        python main_train.py --input_name Images/Generation/rocket.png
+        python main_train.py --input_name rocket.png --preset fast --out_dir r1
+        python main_train.py --train_mode harmonization --input_name bg.png
+        python main_train.py --train_mode harmonization --fine_tune \\
+            --model_dir M --naive_img naive.png
     """
     try:
+        print_warnings()
         if resume:
             out = Path(resume)
             fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
@@ -132,12 +209,14 @@ def train(
                 raise UserError(f"--resume goes on with the settings recorded in {out / 'config.json'}, so "
                                 f"{', '.join(fixed)} would be ignored; drop them (only --device, --progress and "
                                 "--checkpoint_every can change)")
+            dev = api.resolve_device(device, gpu, not_cuda)
+            if out.is_dir():
+                output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
+            echo_device(dev)
             with stopped_message(out):
-                api.resume(out, device=str(api.resolve_device(device, gpu, not_cuda)), progress=progress,
-                           checkpoint_every=checkpoint_every)
+                api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
             typer.echo(f"Model saved to: {out}")
             return
-        print_warnings()
         if fine_tune or model_dir:
             out = fine_tune_command(ctx, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
                                     str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every)
@@ -155,12 +234,15 @@ def train(
             batch_norm=batch_norm, manualSeed=manualSeed)
         dev = api.resolve_device(device, gpu, not_cuda)
         image = api.read_image(input_name)
+        check_training_memory(image, config, dev)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
+        output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
+        echo_device(dev)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
                       checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
-    except UserError as e:
-        fail(str(e))
+    except HANDLED as e:
+        fail_on(e, "train at a smaller size (--max_size) or with fewer channels (--nfc)")
     typer.echo(f"Model saved to: {out}")
 
 
@@ -200,11 +282,43 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
                         "only --niter and --manualSeed can")
     mode_given = any(p.name == "train_mode" for p in given)
     out = Path(out_dir) if out_dir else api.fine_tune_dir(model_dir)
+    output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
+    echo_device(torch_device(device))
     with stopped_message(out):
         api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
                       progress=progress, train_mode=train_mode if mode_given else None,
                       checkpoint_every=checkpoint_every)
     return out
+
+
+def echo_device(device) -> None:
+    """The one line that says where a run computes (a GPU flag that could not be honoured was warned about)."""
+    from .device import describe
+
+    typer.echo(f"Device: {describe(device)}")
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def check_training_memory(image, config, device) -> None:
+    """Refuse, before any work, settings whose networks and activations cannot fit in memory (a huge
+    --nfc, or a huge image with a huge --max_size). A rough upper estimate: the weights with their
+    gradients and two Adam moments, and about eight activation maps of every layer at the top stage."""
+    from .device import check_memory
+    from .image import scaled_size
+
+    h, w = image.shape[-2:]
+    top = scaled_size(h, w, min(config.max_size / max(h, w), 1.0))
+    border = 2 * config.num_layer * config.pad
+    convs = (2 + config.train_stages * config.num_layer) + (config.num_layer + 2)  # G, then D
+    weights = 4.0 * 4 * convs * config.nfc ** 2 * config.ker_size ** 2
+    activations = 4.0 * 8 * (config.num_layer + 2) * config.nfc * (top[0] + border) * (top[1] + border)
+    check_memory(weights + activations, f"training with --nfc {config.nfc} on {top[0]}x{top[1]} pixels",
+                 "lower --nfc or --max_size", device)
 
 
 def print_warnings() -> None:
@@ -213,7 +327,10 @@ def print_warnings() -> None:
 
     from .errors import ConSinGANWarning
 
+    warnings.simplefilter("always", ConSinGANWarning)
     previous = warnings.showwarning
+    if getattr(previous, "consingan", False):  # already installed (commands called in-process, as by tests)
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ConSinGANWarning):
@@ -221,7 +338,7 @@ def print_warnings() -> None:
         else:
             previous(message, category, filename, lineno, file, line)
 
-    warnings.simplefilter("always", ConSinGANWarning)
+    show.consingan = True
     warnings.showwarning = show
 
 
@@ -231,7 +348,8 @@ def generate(
     num_samples: Annotated[int, opt("--num_samples", help="random samples to write")] = 50,
     scale_h: Annotated[float, opt("--scale_h", help="output height factor")] = 1.0,
     scale_w: Annotated[float, opt("--scale_w", help="output width factor")] = 1.0,
-    seed: Annotated[Optional[int], opt("--seed", help="random seed of the samples")] = None,
+    seed: Annotated[Optional[int], opt("--seed", "--manualSeed", help="random seed of the samples "
+                                       "(0 to 2^63-1)")] = None,
     start_scale: Annotated[Optional[int], opt("--start_scale", help="stages below it keep the fixed noise (the "
                                               "layout) [0; animation: 0, 1 and 2]")] = None,
     alpha: Annotated[Optional[float], opt("--alpha", help="animation: pull towards the fixed noise [0.1]")] = None,
@@ -254,22 +372,35 @@ def generate(
     """Generate samples (any size) and the reconstruction from a trained model; for an animation
     model, GIFs of a random walk (all 12 of the paper's settings unless --start_scale/--beta pick some).
 
+    \b
         consingan generate --model_dir M --num_samples 20 --start_scale 1
-        consingan generate --model_dir M_animation --start_scale 1 --beta 0.9 --num_frames 50 --seed 0
+        consingan generate --model_dir M --scale_w 2 --seed 0
+        consingan generate --model_dir M_animation --start_scale 1 --beta 0.9
     """
     try:
+        print_warnings()
+        check_real(scale_h, "--scale_h", positive=True)
+        check_real(scale_w, "--scale_w", positive=True)
+        if num_samples < 1:
+            raise UserError(f"--num_samples must be at least 1, not {num_samples}")
+        check_seed(seed)
+        for flag, value in (("--alpha", alpha), ("--beta", beta)):
+            check_real(value, flag)
+        check_real(fps, "--fps", positive=True)
+        if fps is not None and not MIN_FPS <= fps <= MAX_FPS:  # a frame's time must fit the file's field
+            raise UserError(f"--fps must be from {MIN_FPS:g} to {MAX_FPS:g} (a GIF stores frame times in 1/100 s, "
+                            f"up to 655 s), not {fps}")
         model = load_model_arg(model_dir, device, gpu, not_cuda)
-        if num_samples < 0 or scale_h <= 0 or scale_w <= 0:
-            raise UserError("--num_samples must be >= 0 and --scale_h/--scale_w > 0")
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
-            print_warnings()
-            target = Path(out) if out else Path(model_dir) / "Evaluation" / Path(naive_img).stem
+            target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(naive_img).stem,
+                                   OUT_FIX)
             for path in api.write_harmonized(model, naive_img, target, mask_path=mask, seed=seed):
                 typer.echo(f"Saved: {path}")
             return
-        target = Path(out) if out else Path(model_dir) / "Evaluation"
+        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        check_sample_memory(model, scale_h, scale_w, num_samples)
         animation = dict(alpha=alpha, beta=beta, num_frames=num_frames, fps=fps, format=fmt)
         if model.config.mode.inference == "animation":
             write_animations(model, target, seed, start_scale, animation, scale_h, scale_w)
@@ -280,9 +411,30 @@ def generate(
                             f"with --train_mode {model.config.train_mode}")
         folder = api.write_samples(model, target, num_samples=num_samples, scale_h=scale_h,
                                    scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto")
-    except UserError as e:
-        fail(str(e))
+    except HANDLED as e:
+        fail_on(e, "use smaller --scale_h/--scale_w")
     typer.echo(f"Samples saved to: {folder}")
+
+
+OUT_FIX = "pass --out DIR to write elsewhere"
+# Frame rates for animations: a GIF stores frame times in 1/100 s (so at most 100 fps) in 16 bits (at most
+# 655 s, which Pillow can exceed when it merges identical frames into one: 10 s per frame leaves room).
+MIN_FPS, MAX_FPS = 0.1, 100.0
+
+
+def check_sample_memory(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0) -> None:
+    """Refuse, before any work, samples too large to generate: a batch of them at the top stage holds
+    about six feature maps of nfc channels (a rough upper estimate); ``kept`` samples are held at once
+    (evaluate), with room for their patches."""
+    from .device import check_memory
+
+    c = model.config
+    h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
+    border = 2 * c.num_layer * c.pad
+    batch = max(1, min(num_samples, 1 if c.batch_norm else 8))
+    check_memory(4.0 * 6 * batch * c.nfc * (h + border) * (w + border) + 4.0 * 4 * 3 * kept * h * w,
+                 f"samples of {h:.0f}x{w:.0f} pixels (--scale_h {scale_h:g} --scale_w {scale_w:g})",
+                 "use smaller --scale_h/--scale_w", model.device)
 
 
 def write_animations(model, target: Path, seed: Optional[int], start_scale: Optional[int], animation: dict,
@@ -311,17 +463,22 @@ def evaluate(
 ) -> None:
     """Score a trained model (swd, diversity, rec_rmse, nn_patch) and write metrics.json.
 
-        consingan evaluate --model_dir TrainedModels/rocket/<run> --num_samples 50 --seed 0
-        consingan evaluate --model_dir TrainedModels/chelsea/<run> --naive_img naive.png
+    \b
+        consingan evaluate --model_dir TrainedModels/rocket/<run> --seed 0
+        consingan evaluate --model_dir M_harmonization --naive_img naive.png
     """
     from .metrics import format_table
 
     try:
+        print_warnings()
+        check_seed(seed)
         model = load_model_arg(model_dir, device, gpu, not_cuda)
         target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
+        output_folder(target, OUT_FIX)
+        check_sample_memory(model, 1.0, 1.0, num_samples, kept=num_samples)
         path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)
-    except UserError as e:
-        fail(str(e))
+    except HANDLED as e:
+        fail_on(e, "use a smaller --num_samples")
     typer.echo(format_table(metrics))
     typer.echo(f"Metrics saved to: {path}")
 
@@ -340,7 +497,9 @@ def compose(
 ) -> None:
     """Paste an object into a background: writes the naive image and its mask for harmonization/editing.
 
-        consingan compose --background bg.png --object cup.png --x 40 --y 60 --scale 0.5 --out naive.png
+    \b
+        consingan compose --background bg.png --object cup.png \\
+            --x 40 --y 60 --scale 0.5 --out naive.png
     """
     from .compose import write_composite
 
@@ -350,17 +509,50 @@ def compose(
                                             ("--y", y), ("--out", out)) if value is None]
         if missing:
             raise UserError(f"compose needs {', '.join(missing)}")
+        check_real(scale, "--scale", positive=True)
+        check_image_name(out, "--out")
+        output_folder(Path(out).parent, "choose another --out")
+        check_object_memory(obj, scale)
         naive, mask_file = write_composite(background, obj, out, x, y, scale=scale, object_mask=object_mask)
-    except UserError as e:
-        fail(str(e))
+    except HANDLED as e:
+        fail_on(e, "use a smaller --scale")
     typer.echo(f"Naive image saved to: {naive}")
     typer.echo(f"Mask saved to: {mask_file}")
+
+
+# What an output image's name must end with: formats every Pillow build writes without loss of the
+# pixels we make (8-bit RGB and gray).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def check_image_name(name: str, flag: str) -> None:
+    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UserError(f"{flag} {name} has no image extension, so the writer cannot tell the format; "
+                        f"end it with one of {', '.join(IMAGE_EXTENSIONS)} (e.g. .png)")
+
+
+def check_object_memory(obj: str, scale: float) -> None:
+    """compose: refuse a --scale that would blow the object up beyond memory (read from its header)."""
+    from PIL import Image
+
+    from .device import check_memory
+
+    try:
+        with Image.open(obj) as im:
+            w, h = im.size
+    except Exception:  # noqa: BLE001 - unreadable or missing: write_composite says so in its own words
+        return
+    check_memory(4.0 * 4 * 4 * h * w * scale * scale, f"an object scaled to {h * scale:.0f}x{w * scale:.0f} pixels "
+                 f"(--scale {scale:g})", "use a smaller --scale", torch_device("cpu"))
 
 
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="consingan")
 
 
-def script(command: str) -> None:
-    """Entry for main_train.py / main_generate.py: ``python main_train.py FLAGS`` = ``consingan train FLAGS``."""
-    app(args=[command, *sys.argv[1:]], prog_name=f"main_{command}.py")
+def script(command: str, prog_name: str | None = None) -> None:
+    """Entry for main_train.py, main_generate.py and evaluate_model.py: ``python main_train.py FLAGS`` =
+    ``consingan train FLAGS``. The command runs on its own (not as a subcommand of the group), so its help
+    shows ``Usage: main_train.py [OPTIONS]``, which works as printed."""
+    cmd = typer.main.get_command(app).commands[command]
+    cmd.main(args=sys.argv[1:], prog_name=prog_name or os.path.basename(sys.argv[0]) or f"main_{command}.py")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -74,6 +75,27 @@ MODES: dict[str, Mode] = {
 }
 
 ACTIVATIONS = ("lrelu", "elu", "prelu", "selu")
+# Far above any useful pyramid (the paper uses 6; sizes repeat long before 100 stages of one image),
+# so that a typo cannot start a run of millions of stages.
+MAX_STAGES = 100
+STAGES_RANGE = "--train_stages must be 2 to " + str(MAX_STAGES) + " (paper: 6), not {}"
+# torch seeds its generators with a signed 64-bit number; seeds are 0..2^63-1.
+MAX_SEED = 2**63 - 1
+# The real-valued settings and their ranges: (name, low, high, whether low itself is allowed, in words).
+# Besides NaN and inf, the upper bounds refuse values that can only overflow to a NaN loss: learning
+# rates above 1, decay factors (lr_scale, gamma) above 1, loss weights and the noise factor beyond
+# 10^4 times the paper's, slopes steeper than 1 (a slope multiplies through every layer).
+REAL_SETTINGS = (
+    ("lr_g", 0.0, 1.0, False, "a number above 0 and at most 1 (paper: 5e-4)"),
+    ("lr_d", 0.0, 1.0, False, "a number above 0 and at most 1 (paper: 5e-4)"),
+    ("lr_scale", 0.0, 1.0, True, "a factor from 0 to 1 (paper: 0.1)"),
+    ("gamma", 0.0, 1.0, True, "a factor from 0 to 1 (paper: 0.1)"),
+    ("beta1", 0.0, 1.0 - 1e-12, True, "a number from 0 up to, not including, 1 (paper: 0.5)"),
+    ("noise_amp", 0.0, 1000.0, True, "a number from 0 to 1000 (paper: 0.1)"),
+    ("lambda_grad", 0.0, 1000.0, True, "a number from 0 to 1000 (paper: 0.1)"),
+    ("alpha", 0.0, 1e5, True, "a number from 0 to 100000 (paper: 10)"),
+    ("lrelu_alpha", -1.0, 1.0, True, "a slope from -1 to 1 (paper: 0.05)"),
+)
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -175,7 +197,7 @@ class Config:
             raise UserError(f"unknown config keys {sorted(unknown)}: the model file is from another version")
         d = dict(d)
         for key in ("niter_stages", "Dsteps_stages"):  # JSON lists
-            if key in d:
+            if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         return cls(**d)
 
@@ -183,9 +205,12 @@ class Config:
         return dataclasses.replace(self, **changes).validated()
 
     def validated(self) -> "Config":
+        """This config, or a UserError naming the first setting that is of the wrong type, out of range
+        or not finite (checked before any work, so a bad value never surfaces later as a NaN loss)."""
+        self._check_types()
         mode_of(self.train_mode)
         checks = [
-            (self.train_stages >= 2, "--train_stages must be at least 2"),
+            (2 <= self.train_stages <= MAX_STAGES, STAGES_RANGE.format(self.train_stages)),
             (self.train_depth >= 1, "--train_depth must be at least 1"),
             (self.train_depth <= self.train_stages,
              f"--train_depth {self.train_depth} is larger than --train_stages {self.train_stages}; "
@@ -213,12 +238,35 @@ class Config:
              f"unknown --precision {self.precision!r}; use one of: {', '.join(PRECISIONS)}"),
             (self.activation in ACTIVATIONS,
              f"unknown --activation {self.activation!r}; use one of: {', '.join(ACTIVATIONS)}"),
-            (self.lr_g > 0 and self.lr_d > 0, "--lr_g and --lr_d must be positive"),
+            (0 <= self.manualSeed <= MAX_SEED, f"--manualSeed {self.manualSeed} is out of range; use 0 to {MAX_SEED}"),
         ]
+        # NaN, inf or an absurd size would only show up later as a NaN loss, with advice that does not fit.
+        for name, low, high, low_ok, what in REAL_SETTINGS:
+            value = getattr(self, name)
+            ok = math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high
+            checks.append((ok, f"--{name} must be {what}, not {value}"))
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
         return self
+
+    def _check_types(self) -> None:
+        """Each setting of the type its field declares (a config from a file or the API can hold anything)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.type
+            if kind == "int":
+                ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+            elif kind == "float":
+                ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            elif kind == "bool":
+                ok, what = isinstance(value, bool), "true or false"
+            elif kind == "str":
+                ok, what = isinstance(value, str), "a name"
+            else:  # tuple[int, ...]
+                ok = isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                what = "a list of whole numbers"
+            if not ok:
+                raise UserError(f"setting {f.name} is {value!r}, not {what}; give --{f.name} as {what}")
 
 
 # Named sets of settings applied over a mode's defaults (the user's own flags still win). "paper" is
@@ -267,7 +315,11 @@ def make_config(train_mode: str = "generation", preset: str = "paper", **given: 
     mode = mode_of(train_mode)
     given = {k: v for k, v in given.items() if v is not None}
     stages = given.get("train_stages", mode.defaults.get("train_stages", Config.train_stages))
+    if not (isinstance(stages, int) and 2 <= stages <= MAX_STAGES):  # before the preset sizes its tuples by it
+        raise UserError(STAGES_RANGE.format(stages))
     values = {**mode.defaults, **preset_values(preset, mode, stages), **given}
+    if "train_depth" not in given:  # --train_stages 2 alone trains both stages together, as the reference
+        values["train_depth"] = min(values.get("train_depth", Config.train_depth), stages)
     if "niter_stages" not in given and ("niter" in given or "niter_low" in given):
         values.pop("niter_stages", None)  # the user's --niter / --niter_low win over a preset's per-stage counts
     if "Dsteps_stages" not in given and "Dsteps" in given:

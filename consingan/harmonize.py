@@ -295,7 +295,16 @@ def run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A model directory's config.json ({} when there is none)."""
     path = Path(run_dir)
     path = (path.parent if path.suffix == ".pt" else path) / "config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not JSON, or not UTF-8
+        info = f"not valid JSON ({str(exc).splitlines()[0]})"
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is damaged: {info if isinstance(info, str) else 'not a table of settings'}; "
+                        "repair or restore it, or train again (a resumed run reads its naive image from it)")
+    return info
 
 
 def resume_hooks(run_dir: str | os.PathLike, config: Config, options, stage0_input):

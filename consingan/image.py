@@ -224,7 +224,8 @@ def _reference_resize(image: torch.Tensor, size: tuple[int, int], scales: tuple[
             else:
                 x = x @ resize_weights(w, out_w, scales[1], antialias).T
         out[k] = x
-    return from_levels(out).reshape(n, c, out_h, out_w).to(image.device)
+    dtype = image.dtype if image.is_floating_point() else torch.float32  # float64 stays float64 (tests)
+    return from_levels(out).reshape(n, c, out_h, out_w).to(image.device, dtype)
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -283,7 +284,38 @@ def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
             exponent = ((stop - 1) / math.log(stop)) * math.log(stop - i) + 1
         sizes.append(scaled_size(height, width, math.pow(f, exponent)))
     sizes.append((height, width))
+    need = min_stage_side(config)
+    low = min(min(s) for s in sizes)
+    if low < need:
+        # Refused here, before anything is written, rather than by torch in the middle of stage 0.
+        k = next(k for k, s in enumerate(sizes) if min(s) == low)
+        fix = (f"raise --min_size to {need}" if need <= smallest else
+               f"the top stage's short side is only {smallest} px, so lower --num_layer or --ker_size "
+               "(or train at a larger size: --max_size)")
+        raise UserError(
+            f"stage {k} would be {sizes[k][0]}x{sizes[k][1]} pixels, but the discriminator's "
+            f"{config.num_layer + 2} unpadded {config.ker_size}x{config.ker_size} convolutions (--num_layer "
+            f"{config.num_layer}, --ker_size {config.ker_size}) need at least {need} pixels per side; {fix}"
+        )
     return sizes
+
+
+def check_pixels(image: torch.Tensor, what: str = "input image") -> torch.Tensor:
+    """``image`` if it is a 1x3xHxW tensor of finite values, else a UserError that says so."""
+    if image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise UserError(f"{what} is a tensor of shape {tuple(image.shape)}, not 1x3xHxW (one RGB image); "
+                        "give one RGB image")
+    bad = int((~torch.isfinite(image)).sum())
+    if bad:
+        raise UserError(f"{what} has NaN or infinite pixel values ({bad} of them; a float image with missing "
+                        "data?); fill them in (e.g. with numpy.nan_to_num) or give an 8-bit image")
+    return image
+
+
+def min_stage_side(config: Config) -> int:
+    """The smallest stage side the networks can take: the discriminator's head, num_layer body blocks and
+    tail are unpadded convolutions, each trimming ker_size - 1 pixels (the generator pads its input)."""
+    return (config.num_layer + 2) * (config.ker_size - 1) + 1
 
 
 def stage_scales(height: int, width: int, config: Config) -> list[float]:

@@ -9,6 +9,7 @@ Layout (format_version 1):
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -79,19 +80,106 @@ def read_record(path: str | Path, kind: str = FORMAT) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise UserError(f"{path} has model format version {version}, this consingan reads version "
                         f"{FORMAT_VERSION}; use the consingan release that wrote it or train again")
+    check_record(record, path)
     return record
+
+
+def check_record(record: dict[str, Any], path: Any = "model") -> Config:
+    """The record's validated config, or a UserError naming what in the record is wrong.
+
+    A model file that torch can load may still be damaged or crafted: counts that disagree, shapes
+    that the settings cannot produce (or that would allocate gigabytes), tensors of the wrong rank
+    or dtype, NaN amplitudes or weights (which give silent NaN samples). Everything the model is
+    built from is checked against everything else before it is used.
+    """
+    from .image import stage_sizes
+    from .networks import noise_size
+
+    def bad(problem: str):
+        return UserError(f"{path} is damaged or was not written by consingan: {problem}; "
+                         "train a new model (or use the file its training wrote)")
+
+    def is_tensor(t, rank: int | None = None) -> bool:
+        return isinstance(t, torch.Tensor) and t.dtype == torch.float32 and (rank is None or t.dim() == rank)
+
+    def finite(t: torch.Tensor) -> bool:
+        return bool(torch.isfinite(t).all())
+
+    missing = [k for k in ("config", "generator", "fixed_noise", "noise_amp", "shapes", "real") if k not in record]
+    if missing:
+        raise bad(f"it has no {', '.join(missing)}")
+    if not isinstance(record["config"], dict):
+        raise bad("its config is not a table of settings")
+    try:
+        config = Config.from_dict(record["config"]).validated()
+    except (UserError, TypeError) as exc:
+        raise bad(f"its settings are invalid ({exc})") from None
+    shapes = record["shapes"]
+    if not (isinstance(shapes, (list, tuple)) and all(
+            isinstance(s, (list, tuple)) and len(s) == 2 and all(type(v) is int and v >= 1 for v in s)
+            for s in shapes)):
+        raise bad("its stage shapes are not pairs of positive whole numbers (height, width)")
+    n = len(shapes)
+    if not 1 <= n <= config.train_stages:
+        raise bad(f"it has {n} stage shapes for {config.train_stages} stages (train_stages)")
+    for key, what in (("fixed_noise", "fixed noise maps"), ("noise_amp", "noise amplitudes")):
+        if not isinstance(record[key], (list, tuple)) or len(record[key]) != n:
+            count = len(record[key]) if isinstance(record[key], (list, tuple)) else "no list of"
+            raise bad(f"it has {count} {what} for {n} stages")
+    for k, a in enumerate(record["noise_amp"]):
+        if not (type(a) in (int, float) and math.isfinite(a) and a >= 0):
+            raise bad(f"the noise amplitude of stage {k} is {a!r}, not a finite number >= 0")
+    real = record["real"]
+    if not (is_tensor(real, 4) and real.shape[:2] == (1, 3)):
+        what = f"{real.dtype} tensor of shape {tuple(real.shape)}" if isinstance(real, torch.Tensor) else type(real).__name__
+        raise bad(f"its training image is a {what}, not a 1x3xHxW float32 tensor")
+    if not finite(real) or real.abs().max() > 1.0 + 1e-4:
+        raise bad("its training image has values outside [-1, 1] or that are not finite")
+    try:
+        expected = stage_sizes(real.shape[-2], real.shape[-1], config)[:n]
+    except UserError as exc:
+        raise bad(f"its settings do not fit its training image ({exc})") from None
+    if [tuple(s) for s in shapes] != expected:
+        raise bad(f"its stage shapes {[list(s) for s in shapes]} are not the ones its settings give for its "
+                  f"{real.shape[-2]}x{real.shape[-1]} training image {[list(s) for s in expected]}")
+    for k, z in enumerate(record["fixed_noise"]):
+        want = (1, *noise_size(config, k, shapes[k]))
+        if not (is_tensor(z) and tuple(z.shape) == want):
+            got = f"a {z.dtype} tensor of shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise bad(f"the fixed noise of stage {k} is {got}, not a float32 tensor of shape {want}")
+        if not finite(z):
+            raise bad(f"the fixed noise of stage {k} is not finite")
+    for key, what in (("generator", "generator"), ("discriminator", "discriminator")):
+        state = record.get(key)
+        if state is None and key == "discriminator":
+            continue
+        if not (isinstance(state, dict) and state and all(
+                isinstance(name, str) and isinstance(t, torch.Tensor) and t.is_floating_point()
+                for name, t in state.items())):
+            raise bad(f"its {what} weights are not a table of float tensors")
+        for name, t in state.items():
+            if not finite(t):
+                raise bad(f"its {what} weight {name} is not finite")
+    if not isinstance(record.get("meta") or {}, dict):
+        raise bad("its meta data is not a table")
+    return config
 
 
 def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path: Any = "model"):
     from .model import ConSinGAN
 
+    config = check_record(record, path)
     try:
-        config = Config.from_dict(record["config"]).validated()
         shapes = [tuple(int(v) for v in s) for s in record["shapes"]]
         G = Generator(config)
         for _ in range(len(shapes) - 1):
             G.grow()
-        G.load_state_dict(record["generator"])
+        try:
+            G.load_state_dict(record["generator"])
+        except RuntimeError as exc:  # names, counts or shapes of the weights differ from the settings'
+            raise UserError(f"{path} is damaged or was not written by consingan: its generator weights do not fit "
+                            f"its settings and {len(shapes)} stages ({str(exc).splitlines()[0]}...); "
+                            "train a new model") from None
         model = ConSinGAN(
             config=config, G=G, fixed=list(record["fixed_noise"]),
             amps=[float(a) for a in record["noise_amp"]], shapes=shapes, real=record["real"],

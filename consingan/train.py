@@ -31,7 +31,8 @@ from .progress import NoProgress
 from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
 from .step import StageState
 
-LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3)
+LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3), at the latest
+LOGS_PER_STAGE = 20  # ... and at least this often per stage, so that a short run shows recent losses
 IMAGES_EVERY = 500  # a sample and a reconstruction into the stage folder (METHOD 3)
 CHECKPOINT_EVERY = 250
 GRID_SAMPLES = 10
@@ -43,6 +44,12 @@ CHECKPOINT_FORMAT = "consingan-checkpoint"
 
 # stage0_input(real0) -> the stage-0 input of one iteration (harmonization/editing augmentation).
 Stage0Input = Callable[[torch.Tensor], torch.Tensor]
+
+
+def log_interval(niter: int) -> int:
+    """Iterations between two log points of a stage of ``niter`` iterations: every LOG_EVERY, or more
+    often so that a stage has at least LOGS_PER_STAGE of them (each one is a host sync)."""
+    return max(1, min(LOG_EVERY, niter // LOGS_PER_STAGE))
 
 
 class TrainingStopped(Exception):
@@ -316,6 +323,7 @@ class Trainer:
             writer.image(k, "real.png", self.reals[k])
         self.G.train()
         niter = c.stage_niter(k)
+        log_every = log_interval(niter)
         self.progress.start_stage(k, len(self.reals), niter, self.iteration)
         step = make_step(state, self.device, self.options.cuda_graphs)
         finite = self.finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -333,7 +341,7 @@ class Trainer:
                 finite &= torch.isfinite(losses["loss_d"] + losses["loss_g"] + losses["loss_rec"])
                 self.finite_at = (k, done)
                 logged = None
-                if done % LOG_EVERY == 0 or done == niter or done == 1:
+                if done % log_every == 0 or done % IMAGES_EVERY == 0 or done == niter or done == 1:
                     logged = {name: float(v) for name, v in losses.items()}  # a host sync: only here
                     writer.log_losses(k, done, logged, opt_g.param_groups[0]["lr"])
                 if done % self.options.checkpoint_every == 0 or done == niter or logged:

@@ -99,11 +99,13 @@ def test_models_without_random_samples_are_judged_on_their_output(tiny_model_dir
     on_rec = M.evaluate(model, num_samples=5)
     assert on_rec["evaluated_on"] == "reconstruction" and on_rec["num_samples"] == 1
     assert on_rec["diversity"] is None and math.isfinite(on_rec["swd"]) and math.isfinite(on_rec["nn_patch"])
-    # The training image as the naive image: stage 0 gets what the fixed noise holds, so the
-    # harmonized result is the reconstruction.
+    # The training image as the naive image: stage 0 gets nearly what the fixed noise holds (the naive
+    # image is resized to stage 0's shape, the pyramid by the nominal factor, as the reference), so the
+    # harmonized result is nearly the reconstruction.
     on_naive = M.evaluate(model, naive=model.real)
     assert on_naive["evaluated_on"] == "harmonized" and on_naive["diversity"] is None
-    assert (on_naive["swd"], on_naive["nn_patch"]) == (on_rec["swd"], on_rec["nn_patch"])
+    assert on_naive["swd"] == pytest.approx(on_rec["swd"], rel=0.01)
+    assert on_naive["nn_patch"] == pytest.approx(on_rec["nn_patch"], rel=0.01)
 
     naive = tmp_path / "naive.png"
     consingan.save_image(model.real, naive)

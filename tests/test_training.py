@@ -402,3 +402,17 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
     seen.clear()
     api.fine_tune(tmp_path / "m", real, niter=7, out_dir=tmp_path / "ft7", device="cpu")
     assert seen["niter"] == 7
+
+
+def test_losses_are_logged_at_least_twenty_times_per_stage(tmp_path):
+    from consingan.train import log_interval
+
+    assert [log_interval(n) for n in (100, 2000, 10000, 7)] == [5, 100, 250, 1]
+    c = make_config("generation", nfc=4, niter=40, train_stages=2, min_size=12, max_size=24, manualSeed=1)
+    Trainer(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for stage in (0, 1):
+        iters = [r["iter"] for r in rows if r["stage"] == stage]
+        assert iters == [1, *range(2, 41, 2)], iters
