@@ -7,12 +7,12 @@
 
 Each variant runs in a process of its own, (a) (b) (a) (b) ..., so that each gets the process settings
 it runs with in practice and a slow spell of the machine hits both alike: (a) as the reference loop
-runs (default allocator), (b) as `consingan train` runs (consingan.runtime.tune_cpu_allocator on CPU).
+runs (default allocator), (b) as `consingan train` runs (consingan.core.runtime.tune_cpu_allocator on CPU).
 
-(a) is METHOD 3 done the plain way (consingan.step.plain_step): the fake recomputed in each
+(a) is METHOD 3 done the plain way (consingan.core.step.plain_step): the fake recomputed in each
 discriminator step (twice without gradients, once with), D run separately on the real, fake and
 interpolated images, the gradient penalty by autograd's double backward, torch's bicubic
-interpolation kernel, default memory layout. (b) is what `consingan train` runs (consingan.step.train_step
+interpolation kernel, default memory layout. (b) is what `consingan train` runs (consingan.core.step.train_step
 with the trainer's memory layout; on a GPU, replayed from CUDA graphs, consingan.graphs). Both start from the
 same state and see the same noise.
 
@@ -37,12 +37,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consingan.config import make_config  # noqa: E402
-from consingan.graphs import WARMUP, make_step  # noqa: E402
-from consingan.image import read_image, resize  # noqa: E402
-from consingan.networks import set_fast_kernels  # noqa: E402
-from consingan.noise import random_noise  # noqa: E402
-from consingan.step import StageState, plain_step, train_step  # noqa: E402
-from consingan.train import RunOptions, Trainer, make_optimizers, seed_everything  # noqa: E402
+from consingan.core.graphs import WARMUP, make_step  # noqa: E402
+from consingan.core.image import resize  # noqa: E402
+from consingan.storage.image_files import read_image
+from consingan.core.networks import set_fast_kernels  # noqa: E402
+from consingan.core.noise import random_noise  # noqa: E402
+from consingan.core.step import StageState, plain_step, train_step  # noqa: E402
+from consingan.core.engine import RunOptions, Trainer, make_optimizers, seed_everything  # noqa: E402
 
 IMAGE = Path(__file__).resolve().parents[1] / "Images" / "Generation" / "rocket.png"
 

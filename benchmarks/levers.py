@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_train as bt  # noqa: E402
-from consingan.networks import set_fast_kernels  # noqa: E402
-from consingan.step import plain_step, train_step  # noqa: E402
+from consingan.core.networks import set_fast_kernels  # noqa: E402
+from consingan.core.step import plain_step, train_step  # noqa: E402
 
 
 def generic_input_gradient(self, x):

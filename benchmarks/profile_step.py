@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train import _setting, build_state, make_inputs  # noqa: E402
 from consingan.config import make_config  # noqa: E402
-from consingan.step import train_step  # noqa: E402
+from consingan.core.step import train_step  # noqa: E402
 
 
 class CallTimer(TorchDispatchMode):

@@ -4,11 +4,11 @@
     model = consingan.train("Images/Generation/rocket.png", niter=500, out_dir="runs/rocket")
     images = model.sample(8, scale_w=2.0, seed=0)
 """
-from .animate import Walk, animate, write_animations
+from .tasks.animate import Walk, animate, write_animations
 from .api import as_image, load, train, write_samples
 from .config import Config, make_config
 from .errors import UserError
-from .image import read_image, save_image
+from .storage.image_files import read_image, save_image
 from .model import ConSinGAN
 
 __version__ = "0.1.0"

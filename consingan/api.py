@@ -18,20 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
+from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
 from .config import Config, make_config
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
-from . import harmonize as _harmonize
-from .harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
-from .image import check_pixels, from_numpy, read_image, save_image, stage_sizes, training_image
+from .tasks import harmonize as _harmonize
+from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
+from .core.image import check_pixels, from_numpy, stage_sizes, training_image
+from .storage.image_files import read_image, save_image
+from .core.model import Model
 from .model import ConSinGAN
-from .model_file import MODEL_FILE, load_model, save_model
+from .storage.model_file import MODEL_FILE, load_model, save_model
 from .progress import count_progress, make_progress
-from .runtime import resolve_precision
-from .outputs import NoSpace, OutputExists, claim_dir, clean_temp_files, write_bytes
-from .train import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer, no_space_stop
-from .train import train as _train_loop
+from .core.runtime import resolve_precision
+from .storage.outputs import NoSpace, OutputExists, claim_dir, clean_temp_files, write_bytes
+from .core.engine import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer, no_space_stop
+from .core.engine import train as _train_loop
 
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
     """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor."""
@@ -128,7 +130,7 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
     if not out.is_dir():
         _no_checkpoint(out)
     options = RunOptions(device=str(resolve_device(device)), out_dir=out, checkpoint_every=checkpoint_every)
-    from .model_file import read_record
+    from .storage.model_file import read_record
 
     with _claimed(out, fresh=False):  # not while the run itself (or another resume) still goes on
         if not (out / CHECKPOINT_FILE).exists():
@@ -157,7 +159,7 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
     touched. ``train_mode``, when given, must be the model's.
     """
-    from .train import seed_everything
+    from .core.engine import seed_everything
 
     model = load_model(model_dir)
     _harmonize.require_naive_mode(model.config, "--fine_tune")
@@ -196,12 +198,12 @@ def stage0_input_for(config: Config):
     """The per-iteration stage-0 input of modes that train on an augmented image (else None)."""
     if config.mode.stage0_input == "noise":
         return None
-    from .augment import stage0_augmentation
+    from .core.augment import stage0_augmentation
 
     return stage0_augmentation(config)
 
 
-def _finish(model: ConSinGAN, out: Path | None) -> ConSinGAN:
+def _finish(model: Model, out: Path | None) -> ConSinGAN:
     """Write model.pt, then drop the checkpoint it replaces and any temporary file a killed write left.
     A full disk keeps the checkpoint and says how to go on (TrainingStopped)."""
     if out is not None:
@@ -213,12 +215,12 @@ def _finish(model: ConSinGAN, out: Path | None) -> ConSinGAN:
             raise no_space_stop(exc, out, kept) from None
         (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model replaces it
         clean_temp_files(out)
-    return model
+    return ConSinGAN.of(model)
 
 
 def load(path: str | Path, device: str = "cpu") -> ConSinGAN:
     """Load a model from its directory or its model.pt."""
-    return load_model(path, device=resolve_device(device))
+    return ConSinGAN.of(load_model(path, device=resolve_device(device)))
 
 
 def format_scale(value: float) -> str:
@@ -236,7 +238,7 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
     grow with ``num_samples`` and a run killed mid-way leaves only whole files. ``progress``: "auto"
     (a bar on a terminal), "plain" (lines) or "none".
     """
-    from .sampling import generate_batches
+    from .tasks.sampling import generate_batches
 
     out = Path(out)
     name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (

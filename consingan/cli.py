@@ -19,7 +19,7 @@ import typer
 from . import api
 from .config import MAX_SEED
 from .errors import UserError
-from .train import TrainingStopped
+from .core.engine import TrainingStopped
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
 # flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
@@ -50,7 +50,7 @@ def load_model_arg(model_dir: Optional[str], device: str, gpu: Optional[int], no
     """The model named by --model_dir, on the device the device flags pick."""
     if not model_dir:
         raise UserError("no model given; pass --model_dir DIR (a directory written by train)")
-    return api.load_model(model_dir, device=api.resolve_device(device, gpu, not_cuda))
+    return api.load(model_dir, device=str(api.resolve_device(device, gpu, not_cuda)))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -309,7 +309,7 @@ def check_training_memory(image, config, device) -> None:
     --nfc, or a huge image with a huge --max_size). A rough upper estimate: the weights with their
     gradients and two Adam moments, and about eight activation maps of every layer at the top stage."""
     from .device import check_memory
-    from .image import scaled_size
+    from .core.image import scaled_size
 
     h, w = image.shape[-2:]
     top = scaled_size(h, w, min(config.max_size / max(h, w), 1.0))
@@ -501,7 +501,7 @@ def compose(
         consingan compose --background bg.png --object cup.png \\
             --x 40 --y 60 --scale 0.5 --out naive.png
     """
-    from .compose import write_composite
+    from .tasks.compose import write_composite
 
     try:
         print_warnings()

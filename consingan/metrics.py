@@ -206,7 +206,7 @@ def evaluate(model, num_samples: int = 50, seed: int = 0, naive: torch.Tensor | 
     real = model.real
     reconstruction = model.reconstruct()
     if naive is not None:
-        from .harmonize import harmonize
+        from .tasks.harmonize import harmonize
 
         outputs, _ = harmonize(model, naive, seed=seed)
         evaluated_on = model.config.mode.result_name

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import consingan
 from consingan import cli
-from consingan.animate import Walk, reference_walks, walk_noise, write_animations
+from consingan.tasks.animate import Walk, reference_walks, walk_noise, write_animations
 from consingan.config import make_config
 from conftest import TINY, run_cli
 
@@ -172,7 +172,7 @@ def test_generate_start_scale_flag(gen):
     h, w = model.shapes[-1]
     sample = iio.imread(ev / "random_samples_start_scale_1" / "gen_sample_1.png")
     assert sample.shape == (h, w, 3)
-    assert np.array_equal(sample, consingan.image.to_uint8(model.sample(2, seed=0, start_scale=1)[1]))
+    assert np.array_equal(sample, consingan.core.image.to_uint8(model.sample(2, seed=0, start_scale=1)[1]))
     for flags, message in ((["--start_scale", "4"], "--start_scale 4 is out of range for a model with 3 stages"),
                            (["--start_scale", "1", "--scale_w", "2"], "--start_scale needs --scale_h 1 --scale_w 1"),
                            (["--beta", "0.9"], "--beta only apply to animation models")):

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from consingan import augment
+from consingan.core import augment
 
 
 def assert_frequency(count, n, p, sigmas=5.0):

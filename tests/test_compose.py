@@ -3,7 +3,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from consingan.compose import compose, write_composite
+from consingan.tasks.compose import compose, write_composite
 from consingan.errors import UserError
 from conftest import run_cli
 

@@ -8,10 +8,10 @@ import signal
 import pytest
 import torch
 
-from consingan.graphs import GraphedSteps, make_step
-from consingan.networks import set_fast_kernels
-from consingan.noise import random_noise
-from consingan.step import StageState, plain_step, train_step
+from consingan.core.graphs import GraphedSteps, make_step
+from consingan.core.networks import set_fast_kernels
+from consingan.core.noise import random_noise
+from consingan.core.step import StageState, plain_step, train_step
 
 from conftest import run_cli
 from test_robustness import start_training, wait_for

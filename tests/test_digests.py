@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import consingan
-from consingan.animate import Walk
+from consingan.tasks.animate import Walk
 
 DATA = Path(__file__).parent / "data" / "digests.pt"
 MODES = ("generation", "retarget", "harmonization", "editing", "animation")

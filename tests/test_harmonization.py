@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import consingan
-from consingan import augment
+from consingan.core import augment
 from consingan.api import fine_tune, train, write_harmonized
-from consingan.compose import write_composite
+from consingan.tasks.compose import write_composite
 from consingan.config import make_config
 from consingan.errors import ConSinGANWarning, UserError
-from consingan.harmonize import blend_reach, harmonize, mask_from_array, write_results
-from consingan.image import read_image, to_uint8
-from consingan.train import Trainer
+from consingan.tasks.harmonize import blend_reach, harmonize, mask_from_array, write_results
+from consingan.core.image import to_uint8
+from consingan.storage.image_files import read_image
+from consingan.core.engine import Trainer
 from conftest import run_cli
 
 # Tiny runs; the training image is 40x60 so that pixels beyond editing's blend reach (40) exist.
@@ -219,6 +220,6 @@ def test_naive_image_needs_a_harmonization_or_editing_model(runs, tmp_path):
         trainer.begin_stage(k)
     with pytest.raises(UserError, match="harmonization or editing"):
         harmonize(trainer.model(), image)
-    trainer.model().save(tmp_path / "gen")
+    consingan.ConSinGAN.of(trainer.model()).save(tmp_path / "gen")
     with pytest.raises(UserError, match="--fine_tune"):
         fine_tune(tmp_path / "gen", runs.naive, out_dir=tmp_path / "ft")

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from consingan.config import MODES, make_config
-from consingan.image import stage_sizes
-from consingan.networks import Discriminator, Generator, noise_size
-from consingan.noise import fixed_noise, random_noise
+from consingan.core.image import stage_sizes
+from consingan.core.networks import Discriminator, Generator, noise_size
+from consingan.core.noise import fixed_noise, random_noise
 
 
 def grown(config, n):
@@ -75,7 +75,7 @@ def test_init_statistics():
 @pytest.mark.parametrize("sizes", [(25, 38, 31, 47), (60, 89, 121, 177), (10, 10, 10, 10), (5, 7, 1, 9),
                                    (115, 171, 173, 256)])
 def test_matrix_upsampling_equals_torch_bicubic(sizes, channels_last):
-    from consingan.networks import upsample_interpolate, upsample_matmul
+    from consingan.core.networks import upsample_interpolate, upsample_matmul
 
     h, w, H, W = sizes
     fmt = torch.channels_last if channels_last else torch.contiguous_format

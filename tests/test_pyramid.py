@@ -6,7 +6,7 @@ import torch
 
 from consingan.config import make_config
 from consingan.errors import UserError
-from consingan.image import pyramid, stage_sizes, training_image
+from consingan.core.image import pyramid, stage_sizes, training_image
 
 
 def test_dense_pyramid_matches_method_example():
@@ -115,7 +115,7 @@ def nominal_scales(h, w, c):
 @pytest.mark.parametrize("mode, h, w, stages, min_size", [
     ("generation", 40, 60, 4, 12), ("harmonization", 37, 52, 3, 12), ("editing", 50, 33, 5, 11)])
 def test_each_lower_stage_is_the_training_image_rescaled_by_its_nominal_factor(mode, h, w, stages, min_size):
-    from consingan.image import rescale, resize, stage_scales
+    from consingan.core.image import rescale, resize, stage_scales
 
     c = make_config(mode, train_stages=stages, min_size=min_size)
     real = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (1, 3, h, w)).astype(np.float32))
@@ -135,7 +135,7 @@ def test_each_lower_stage_is_the_training_image_rescaled_by_its_nominal_factor(m
 
 
 def test_stage_scales_give_stage_sizes_in_every_mode():
-    from consingan.image import scaled_size, stage_scales
+    from consingan.core.image import scaled_size, stage_scales
 
     for mode in ("generation", "retarget", "animation", "harmonization", "editing"):
         for h, w in ((167, 250), (250, 167), (120, 121), (60, 250)):
@@ -146,7 +146,7 @@ def test_stage_scales_give_stage_sizes_in_every_mode():
 
 
 def test_training_image_truncates_to_levels_even_at_scale_one_and_resizes_by_scale1():
-    from consingan.image import rescale
+    from consingan.core.image import rescale
 
     c = make_config("generation", max_size=50)
     levels = np.random.default_rng(2).integers(0, 256, (1, 3, 30, 40))
@@ -161,7 +161,7 @@ def test_training_image_truncates_to_levels_even_at_scale_one_and_resizes_by_sca
 def test_going_on_from_a_model_keeps_its_training_image():
     # model.real has been through training_image once; truncating it again would change the data.
     import consingan
-    from consingan.train import RunOptions, Trainer
+    from consingan.core.engine import RunOptions, Trainer
 
     img = (np.random.default_rng(4).random((30, 45, 3)) * 255).astype(np.uint8)
     model = consingan.train(img, device="cpu", train_stages=2, train_depth=2, niter=1, nfc=4, min_size=12,

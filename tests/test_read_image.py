@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from consingan.errors import UserError
-from consingan.image import read_array, read_image
+from consingan.storage.image_files import read_array, read_image
 
 
 def halves(h=20, w=40):

@@ -21,11 +21,11 @@ import consingan
 from conftest import ROOT, TINY, TINY_FLAGS
 from consingan import cli
 from consingan.errors import UserError
-from consingan.image import to_uint8
-from consingan.outputs import LOCK_FILE, NoSpace, claim_dir, clean_temp_files, writing
+from consingan.core.image import to_uint8
+from consingan.storage.outputs import LOCK_FILE, NoSpace, claim_dir, clean_temp_files, writing
 
-train_mod = importlib.import_module("consingan.train")  # the module, not the consingan.train function
-graphs_mod = importlib.import_module("consingan.graphs")
+train_mod = importlib.import_module("consingan.core.engine")  # the module, not the consingan.train function
+graphs_mod = importlib.import_module("consingan.core.graphs")
 
 
 def no_junk(folder):
@@ -118,7 +118,7 @@ def test_generate_evaluate_compose_never_write_over_a_concurrent_run(model, tmp_
     assert (target / "metrics.json").read_text() == "the other run's\n"
     no_junk(target)
     # compose: the pair of the run that wrote first stays
-    compose_mod = importlib.import_module("consingan.compose")
+    compose_mod = importlib.import_module("consingan.tasks.compose")
     out = tmp_path / "naive.png"
     real_compose = compose_mod.compose
 
@@ -260,7 +260,7 @@ def test_ctrl_c_after_a_nan_loss_keeps_the_last_good_checkpoint(tiny_image, tmp_
 
     monkeypatch.setattr(graphs_mod, "train_step", step)
     out = tmp_path / "run"
-    config = consingan.make_config(**TINY)
+    config = consingan.make_config(**{**TINY, "niter": 200})  # log points every 10 iterations: none at 7 or 8
     trainer = train_mod.Trainer(consingan.read_image(tiny_image), config,
                                 train_mod.RunOptions(out_dir=out, checkpoint_every=5))
     original = signal.getsignal(signal.SIGINT)
@@ -301,7 +301,7 @@ def test_samples_are_written_batch_by_batch(model, tmp_path, monkeypatch):
 
 
 def test_animation_frames_are_streamed_to_the_file(model, tmp_path, monkeypatch):
-    from consingan.animate import Walk, uint8_frames, write_animations
+    from consingan.tasks.animate import Walk, uint8_frames, write_animations
 
     walk = Walk(num_frames=40, fps=8)
     sizes = []  # size of the file being written at each call of the generator

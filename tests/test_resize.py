@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from consingan.image import rescale, resize, to_levels
+from consingan.core.image import rescale, resize, to_levels
 
 
 # --- an independent oracle: one output pixel at a time ----------------------------------------

@@ -78,8 +78,8 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tiny_image, tmp
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, tmp_path, monkeypatch):
     import importlib
 
-    train_mod = importlib.import_module("consingan.train")  # the module, not the consingan.train function
-    graphs_mod = importlib.import_module("consingan.graphs")  # where the trainer's step comes from
+    train_mod = importlib.import_module("consingan.core.engine")  # the module, not the consingan.train function
+    graphs_mod = importlib.import_module("consingan.core.graphs")  # where the trainer's step comes from
 
     real_step = graphs_mod.train_step
     calls = {"n": 0}
@@ -104,7 +104,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
 def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
     """A generator whose every output pixel sits at tanh's limit gets no gradient and never recovers
     (a real failure on dark images such as hubble_deep_field): stop at the next log point and say what to do."""
-    from consingan.train import RunOptions, Trainer, TrainingStopped
+    from consingan.core.engine import RunOptions, Trainer, TrainingStopped
 
     class Saturating(Trainer):
         def begin_stage(self, k):

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from consingan.config import make_config
-from consingan.networks import Conv2d, Discriminator, Generator, set_fast_kernels
-from consingan.step import StageState, plain_step, train_step
-from consingan.train import RunOptions, Trainer, g_param_groups, make_optimizers
+from consingan.core.networks import Conv2d, Discriminator, Generator, set_fast_kernels
+from consingan.core.step import StageState, plain_step, train_step
+from consingan.core.engine import RunOptions, Trainer, g_param_groups, make_optimizers
 
 
 def grown(config, n):
@@ -78,7 +78,7 @@ def test_fractional_milestone_decays_at_the_next_iteration(niter, first_decayed)
 
 
 def test_prelu_starts_at_a_quarter_whatever_lrelu_alpha():
-    from consingan.networks import Generator
+    from consingan.core.networks import Generator
 
     c = make_config("generation", nfc=4, activation="prelu", lrelu_alpha=0.3)
     slopes = [m.weight.item() for m in Generator(c).modules() if isinstance(m, torch.nn.PReLU)]
@@ -223,7 +223,7 @@ def test_train_step_equals_plain_computation_with_two_d_steps(float64):
 
 
 def _check_step_equals_plain(mode, channels_last, **settings):
-    from consingan.noise import random_noise
+    from consingan.core.noise import random_noise
 
     a, t = _stage_state(mode, **settings)
     b = _clone_state(a)
@@ -251,7 +251,7 @@ def _check_step_equals_plain(mode, channels_last, **settings):
 
 
 def test_lazy_penalty_weights_cover_every_update_once_on_average():
-    from consingan.step import penalty_weight
+    from consingan.core.step import penalty_weight
 
     paper = make_config("generation", manualSeed=0)
     assert [penalty_weight(paper, i, j) for i in range(2) for j in range(3)] == [1] * 6
@@ -264,7 +264,7 @@ def test_lazy_penalty_weights_cover_every_update_once_on_average():
 
 def test_lazy_penalty_step_equals_plain_computation_and_changes_the_numbers(float64):
     """With --gp_every 2 the fast step still equals the straightforward one; both differ from the paper's."""
-    from consingan.noise import random_noise
+    from consingan.core.noise import random_noise
 
     a, _ = _stage_state("generation", gp_every=2)
     b, exact = _clone_state(a), _clone_state(a)
@@ -308,7 +308,7 @@ def test_discriminator_input_gradient_equals_autograd(activation, float64):
 def test_step_changes_weights():
     s, _ = _stage_state("generation")
     before = [p.clone() for p in s.G.body[-1].parameters()] + [s.D.tail.weight.clone()]
-    from consingan.noise import random_noise
+    from consingan.core.noise import random_noise
 
     train_step(s, random_noise(s.config, s.shapes, "cpu"), torch.rand(3))
     after = list(s.G.body[-1].parameters()) + [s.D.tail.weight]
@@ -320,7 +320,7 @@ def test_step_changes_weights():
 def test_bf16_step_follows_the_float32_step(mode):
     """--precision bf16 changes the numbers but not the direction: from the same state and noise, its
     updates of G and D point where the float32 step's do, and the weights stay float32."""
-    from consingan.noise import random_noise
+    from consingan.core.noise import random_noise
 
     a, _ = _stage_state(mode)
     b, _ = _stage_state(mode, precision="bf16")
@@ -345,7 +345,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
 
     from consingan.errors import ConSinGANWarning
 
-    train = importlib.import_module("consingan.train")  # the module (the package exports a function of that name)
+    train = importlib.import_module("consingan.core.engine")  # the module (the package exports a function of that name)
 
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     with pytest.warns(ConSinGANWarning, match="no bfloat16 instructions"):
@@ -361,9 +361,9 @@ def test_precision_auto_is_bf16_exactly_where_the_device_has_it(monkeypatch):
     the trainer, its networks and so the model file get the concrete value; explicit values stay."""
     import importlib
 
-    from consingan.runtime import resolve_precision
+    from consingan.core.runtime import resolve_precision
 
-    runtime = importlib.import_module("consingan.runtime")
+    runtime = importlib.import_module("consingan.core.runtime")
     cpu = torch.device("cpu")
     for has, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has: has)
@@ -379,7 +379,7 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
     at lr_g, lr_g*lr_scale, lr_g*lr_scale^2, the head when top < train_depth, the tail), and runs 2000
     iterations unless told otherwise, whatever the model was trained with."""
     from consingan import api
-    from consingan.harmonize import fine_tune_trainer
+    from consingan.tasks.harmonize import fine_tune_trainer
 
     c = make_config("harmonization", nfc=4, niter=1, train_stages=3, min_size=12, max_size=24, manualSeed=3,
                     lr_g=1e-3)
@@ -405,7 +405,7 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
 
 
 def test_losses_are_logged_at_least_twenty_times_per_stage(tmp_path):
-    from consingan.train import log_interval
+    from consingan.core.engine import log_interval
 
     assert [log_interval(n) for n in (100, 2000, 10000, 7)] == [5, 100, 250, 1]
     c = make_config("generation", nfc=4, niter=40, train_stages=2, min_size=12, max_size=24, manualSeed=1)

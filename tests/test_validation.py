@@ -20,8 +20,8 @@ from consingan import cli
 from consingan.cli import app
 from consingan.config import MAX_SEED, make_config
 from consingan.errors import UserError
-from consingan.image import min_stage_side, stage_sizes
-from consingan.networks import Discriminator, Generator
+from consingan.core.image import min_stage_side, stage_sizes
+from consingan.core.networks import Discriminator, Generator
 
 # A run that takes about a second: TINY's image sizes, two stages, two iterations.
 FAST = dict(TINY, train_stages=2, niter=2, nfc=4)
@@ -343,14 +343,14 @@ def test_crafted_model_files_are_refused_naming_what_is_wrong(tiny, tmp_path, da
 def test_the_untouched_record_passes_the_checks(tiny):
     """The checks above fail on the damage, not on the record itself."""
     record = crafted(torch.load(tiny / "model" / "model.pt", weights_only=True))
-    from consingan.model_file import check_record
+    from consingan.storage.model_file import check_record
 
     assert check_record(record).nfc == FAST["nfc"]
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", b"\xff\xfe\x00"])
 def test_resume_with_a_corrupted_config_json(tiny, tmp_path, content):
-    from consingan.train import CHECKPOINT_FILE, CHECKPOINT_FORMAT
+    from consingan.core.engine import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
     run = tmp_path / "run"
     run.mkdir()
@@ -365,7 +365,7 @@ def test_resume_with_a_corrupted_config_json(tiny, tmp_path, content):
 
 
 def test_resume_of_a_checkpoint_with_nan_amplitudes(tiny, tmp_path):
-    from consingan.train import CHECKPOINT_FILE, CHECKPOINT_FORMAT
+    from consingan.core.engine import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
     run = tmp_path / "run"
     run.mkdir()

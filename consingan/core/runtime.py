@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _done = False

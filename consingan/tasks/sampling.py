@@ -5,8 +5,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .errors import UserError
-from .noise import random_noise
+from ..errors import UserError
+from ..core.noise import random_noise
 
 
 def scaled_shapes(shapes: Sequence[Sequence[int]], scale_h: float = 1.0, scale_w: float = 1.0) -> list[tuple[int, int]]:

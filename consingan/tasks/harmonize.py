@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config
-from .errors import ConSinGANWarning, UserError
-from .image import read_array, read_image, resize, save_image, to_levels
+from ..config import Config
+from ..errors import ConSinGANWarning, UserError
+from ..core.image import resize, to_levels
+from ..storage.image_files import read_array, read_image, save_image
 
 BLUR_SIGMA = 5.0  # METHOD 4
 BLUR_TRUNCATE = 4.0  # kernel radius in sigmas (that of scikit-image's gaussian filter)
@@ -328,7 +329,7 @@ def fine_tune_trainer(model, naive: torch.Tensor, options, progress=None):
     in the reference; the older stages stay bitwise the same. D goes on from its saved weights; the
     fixed noise and amplitudes are the model's. ``model.config.niter`` iterations.
     """
-    from .train import Trainer, make_optimizers
+    from ..core.engine import Trainer, make_optimizers
 
     require_naive_mode(model.config, "--fine_tune")
     trainer = Trainer.from_model(model, options, progress, fine_tune_input(naive, model.config))

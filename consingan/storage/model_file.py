@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from .config import Config
-from .errors import UserError
-from .networks import Generator
+from ..config import Config
+from ..errors import UserError
+from ..core.model import Model
+from ..core.networks import Generator
 from .outputs import writing
 
 FORMAT = "consingan-model"
@@ -37,7 +38,7 @@ def model_path(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() or path.suffix != ".pt" else path
 
 
-def to_record(model) -> dict[str, Any]:
+def to_record(model: Model) -> dict[str, Any]:
     cpu = lambda t: t.detach().to("cpu").contiguous()  # noqa: E731
     return {
         "format": FORMAT,
@@ -53,7 +54,7 @@ def to_record(model) -> dict[str, Any]:
     }
 
 
-def save_model(model, path: str | Path) -> Path:
+def save_model(model: Model, path: str | Path) -> Path:
     path = model_path(path)
     atomic_save(to_record(model), path)
     return path
@@ -92,8 +93,8 @@ def check_record(record: dict[str, Any], path: Any = "model") -> Config:
     or dtype, NaN amplitudes or weights (which give silent NaN samples). Everything the model is
     built from is checked against everything else before it is used.
     """
-    from .image import stage_sizes
-    from .networks import noise_size
+    from ..core.image import stage_sizes
+    from ..core.networks import noise_size
 
     def bad(problem: str):
         return UserError(f"{path} is damaged or was not written by consingan: {problem}; "
@@ -165,9 +166,7 @@ def check_record(record: dict[str, Any], path: Any = "model") -> Config:
     return config
 
 
-def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path: Any = "model"):
-    from .model import ConSinGAN
-
+def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path: Any = "model") -> Model:
     config = check_record(record, path)
     try:
         shapes = [tuple(int(v) for v in s) for s in record["shapes"]]
@@ -180,7 +179,7 @@ def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path
             raise UserError(f"{path} is damaged or was not written by consingan: its generator weights do not fit "
                             f"its settings and {len(shapes)} stages ({str(exc).splitlines()[0]}...); "
                             "train a new model") from None
-        model = ConSinGAN(
+        model = Model(
             config=config, G=G, fixed=list(record["fixed_noise"]),
             amps=[float(a) for a in record["noise_amp"]], shapes=shapes, real=record["real"],
             D_state=record.get("discriminator"), meta=dict(record.get("meta") or {}),
@@ -194,6 +193,6 @@ def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path
     return model.to(device)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu"):
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> Model:
     path = model_path(path)
     return from_record(read_record(path), device=device, path=path)

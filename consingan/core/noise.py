@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from .config import Config
+from ..config import Config
 from .networks import noise_size
 
 

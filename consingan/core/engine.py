@@ -20,14 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Config
-from .errors import ConSinGANWarning, UserError
+from ..config import Config
+from ..errors import ConSinGANWarning, UserError
 from .graphs import make_step
-from .image import grid, pyramid, save_image, training_image
-from .model import ConSinGAN
+from .image import grid, pyramid, training_image
+from ..storage.image_files import save_image
+from .model import Model
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
-from .progress import NoProgress
+from ..progress import NoProgress
 from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
 from .step import StageState
 
@@ -75,7 +76,7 @@ def resume_command(out_dir: Path) -> str:
 
 def no_space_stop(exc: BaseException, out_dir: Path | None, kept: str | None) -> TrainingStopped:
     """A full disk while training: what was kept and how to go on (``kept``: the checkpoint left, or None)."""
-    from .outputs import NoSpace
+    from ..storage.outputs import NoSpace
 
     where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or out_dir or ".").where
     if kept is None:
@@ -98,7 +99,7 @@ class RunOptions:
     cuda_graphs: bool = field(default_factory=lambda: os.environ.get("CONSINGAN_CUDA_GRAPHS", "1") != "0")
     # preview(partial model) -> {file name: image}, written into each stage's folder at its end
     # (harmonization/editing: the result on the naive image given with --naive_img).
-    preview: Callable[[ConSinGAN], dict[str, torch.Tensor]] | None = None
+    preview: Callable[[Model], dict[str, torch.Tensor]] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -269,13 +270,13 @@ class Trainer:
         self.optim = make_optimizers(self.G, self.D, c, k)
         self.stage, self.iteration, self.stage_ready = k, 0, True
 
-    def fit(self) -> ConSinGAN:
+    def fit(self) -> Model:
         """Train (or go on training) up to the top stage and return the model.
 
         Ctrl-C or SIGTERM finishes the running iteration, writes a checkpoint and raises TrainingStopped;
         so does a full disk (keeping the last checkpoint written).
         """
-        from .outputs import is_no_space
+        from ..storage.outputs import is_no_space
 
         self.stop_requested, self.stop_signal = False, None
         restore_signals = _on_stop_signals(self._request_stop)
@@ -373,9 +374,11 @@ class Trainer:
             self.train_seconds += time.perf_counter() - t0
         self.progress.end_stage()
         if self.options.out_dir is not None:
+            from ..tasks.sampling import generate, reconstruct
+
             model = self.model()
-            samples = model.sample(GRID_SAMPLES, seed=k)  # a local generator: training's RNG is untouched
-            writer.image(k, "reconstruction.png", model.reconstruct())
+            samples = generate(model, GRID_SAMPLES, seed=k)  # a local generator: training's RNG is untouched
+            writer.image(k, "reconstruction.png", reconstruct(model))
             writer.image(k, "samples_grid.png", grid(samples, columns=5))
             for name, image in (self.options.preview(model) if self.options.preview else {}).items():
                 writer.image(k, name, image)
@@ -398,10 +401,10 @@ class Trainer:
         limit = 1 - SATURATION_MARGIN
         return bool((rec.abs() >= limit).all()) and not bool((real.abs() >= limit).all())
 
-    def model(self, final: bool = False) -> ConSinGAN:
+    def model(self, final: bool = False) -> Model:
         n = len(self.amps)
         meta = {"train_seconds": round(self.train_seconds, 3), "device": str(self.device)} if final else {}
-        return ConSinGAN(self.config, self.G, list(self.fixed), list(self.amps), list(self.shapes[:n]),
+        return Model(self.config, self.G, list(self.fixed), list(self.amps), list(self.shapes[:n]),
                          self.real_full, D_state=self.D.state_dict(), meta=meta)
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -419,7 +422,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Everything needed to go on exactly where training is now, written atomically. Never written
         when a loss since the last check was not finite (TrainingStopped, the previous checkpoint kept)."""
-        from .model_file import atomic_save, to_record
+        from ..storage.model_file import atomic_save, to_record
 
         path = self.checkpoint_path()
         if path is None:
@@ -445,7 +448,7 @@ class Trainer:
     def resume(cls, out_dir: Path, options: RunOptions, progress=None,
                stage0_input: Stage0Input | None = None) -> "Trainer":
         """A trainer in the state of ``out_dir/checkpoint.pt``."""
-        from .model_file import from_record, read_record
+        from ..storage.model_file import from_record, read_record
 
         record = read_record(Path(out_dir) / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)
         model = from_record(record, device="cpu", path=Path(out_dir) / CHECKPOINT_FILE)
@@ -472,7 +475,7 @@ class Trainer:
         return trainer
 
     @classmethod
-    def from_model(cls, model: ConSinGAN, options: RunOptions, progress=None,
+    def from_model(cls, model: Model, options: RunOptions, progress=None,
                    stage0_input: Stage0Input | None = None) -> "Trainer":
         """A trainer holding a (partly) trained model's networks and noise."""
         trainer = cls(model.real, model.config, options, progress, stage0_input)
@@ -496,7 +499,7 @@ class Trainer:
 
 
 def train(image: torch.Tensor, config: Config, options: RunOptions = RunOptions(), progress=None,
-          stage0_input: Stage0Input | None = None) -> ConSinGAN:
+          stage0_input: Stage0Input | None = None) -> Model:
     """Train a ConSinGAN on one image (1x3xHxW in [-1, 1], any size: resized to max_size)."""
     if torch.device(options.device).type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import Config
+from ..config import Config
 
 
 def activation(config: Config) -> nn.Module:

@@ -19,10 +19,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import UserError
-from .image import to_uint8
-from .noise import gaussian
-from .progress import count_progress
+from ..errors import UserError
+from ..core.image import to_uint8
+from ..core.noise import gaussian
+from ..progress import count_progress
 from .sampling import _batch_size, make_generator
 
 # The set the reference writes for an animation model.
@@ -150,7 +150,7 @@ def write_frames(frames: Iterable[np.ndarray], path: Path, fps: float, fmt: str,
     """Write HxWx3 uint8 frames (an iterable, or an FxHxWx3 array) as they come: one frame is held at
     a time. The file appears under ``path`` only once complete, and never over an existing file
     (outputs.temp_file); ``on_frame(count)`` after each frame."""
-    from .outputs import temp_file
+    from ..storage.outputs import temp_file
 
     with temp_file(path, overwrite=False, keep_suffix=True) as tmp:
         if fmt == "gif":

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConSinGANWarning, UserError
+from ..errors import ConSinGANWarning, UserError
 from .harmonize import _unit_range, default_mask_path, mask_from_array, read_mask
-from .image import _to_rgb_float, read_array, resize
+from ..core.image import resize
+from ..storage.image_files import _to_rgb_float, read_array
 
 
 def _alpha_of(arr: np.ndarray) -> np.ndarray | None:
@@ -96,7 +97,7 @@ def write_composite(background: str | os.PathLike, obj: str | os.PathLike, out: 
                       ConSinGANWarning, stacklevel=2)
     import imageio.v3 as iio
 
-    from .outputs import write_bytes
+    from ..storage.outputs import write_bytes
 
     # Both encoded before either is written; each written atomically and never over a file another
     # run wrote meanwhile: a second compose to the same --out fails and leaves the first's pair.

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from ..config import Config
 
 
 @dataclass

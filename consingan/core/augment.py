@@ -25,7 +25,7 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Image I/O, resizing and the multi-stage pyramid (METHOD 1).
+"""Image tensors: conversions, the reference's resize and the multi-stage pyramid (docs/method.md section 1).
 
 Images are float tensors of shape 1x3xHxW with values in [-1, 1].
 """
@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .errors import UserError
-
+from ..config import Config
+from ..errors import UserError
 
 def _to_rgb_float(arr: np.ndarray, path: str) -> np.ndarray:
     """Any image array imageio gives (gray, gray+alpha, RGB, RGBA; 8/16-bit, float, bool) -> HxWx3 in [0, 1]."""
@@ -46,65 +45,6 @@ def _to_rgb_float(arr: np.ndarray, path: str) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-# Pillow modes that hold another colour space or a palette, and the mode a viewer would show.
-_PIL_CONVERT = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA",
-                "La": "LA", "RGBa": "RGBA"}
-
-
-def _read_with_pillow(path: str) -> np.ndarray | None:
-    """The image as a viewer shows it, by Pillow: EXIF orientation applied (phones store photos
-    sideways plus a tag) and CMYK etc. converted to RGB. None when Pillow does not know the format,
-    or for TIFF files that need no conversion: imageio's TIFF reader keeps 16-bit colour, which
-    Pillow would cut to 8 bits."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        im = Image.open(path)
-    except UnidentifiedImageError:
-        return None
-    with im:
-        if im.format == "TIFF" and im.mode not in _PIL_CONVERT:
-            return None
-        im = ImageOps.exif_transpose(im)
-        if im.mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        elif im.mode in _PIL_CONVERT:
-            im = im.convert(_PIL_CONVERT[im.mode])
-        arr = np.asarray(im)
-    if im.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535:
-        arr = arr.astype(np.uint16)  # 16-bit gray in Pillow's 32-bit container
-    return arr
-
-
-def read_array(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read an image file as a viewer shows it (first frame of an animation): Pillow's formats with
-    their EXIF orientation applied and CMYK converted to RGB, others through imageio. Errors name
-    the file and the fix."""
-    import imageio.v3 as iio
-
-    path = str(path)
-    if not os.path.exists(path):
-        raise UserError(f"{what} not found: {path}; check the path")
-    if os.path.isdir(path):
-        raise UserError(f"{what} {path} is a folder; give an image file")
-    try:
-        arr = _read_with_pillow(path)
-        if arr is None:
-            arr = np.asarray(iio.imread(path, index=0))
-    except Exception as exc:  # Pillow and imageio raise many types for unreadable files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read {what} {path} ({reason}); give a valid PNG or JPEG file") from None
-    if arr.size == 0:
-        raise UserError(f"{what} {path} is empty; give a valid PNG or JPEG file")
-    return arr
-
-
-def read_image(path: str | os.PathLike, what: str = "input image") -> torch.Tensor:
-    """Read an image file as a 1x3xHxW float tensor in [-1, 1]."""
-    rgb = _to_rgb_float(read_array(path, what), str(path))
-    return from_numpy(rgb)
-
-
 def from_numpy(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 (or HxW) array in [0, 1] or uint8 -> 1x3xHxW tensor in [-1, 1]."""
     rgb = _to_rgb_float(np.asarray(rgb), "array")
@@ -118,17 +58,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
         image = image[0]
     x = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
     return x.to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-
-
-def save_image(image: torch.Tensor, path: str | os.PathLike, overwrite: bool = True) -> None:
-    """Write atomically (outputs.write_bytes): a kill or a full disk never leaves a partial file.
-    ``overwrite=False``: an existing file is an error (outputs.OutputExists), left as it is."""
-    import imageio.v3 as iio
-
-    from .outputs import write_bytes
-
-    path = Path(path)
-    write_bytes(iio.imwrite("<bytes>", to_uint8(image), extension=path.suffix.lower()), path, overwrite=overwrite)
 
 
 def grid(images: torch.Tensor, columns: int = 5, gap: int = 2) -> torch.Tensor:

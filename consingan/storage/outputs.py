@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import UserError
+from ..errors import UserError
 
 try:
     import fcntl
