@@ -1,0 +1,54 @@
+"""The local web app (``python -m consingan app``): train, sample, harmonize, paint, enlarge, animate
+and explore from the browser. Needs the [app] extra (Gradio): ``pip install -e ".[app]"``.
+
+Safe by default: it listens on 127.0.0.1 (another host is warned about), reads and writes only under
+``--models_root`` and its own temporary upload folder (removed when the app ends), refuses model names
+that leave the models root, limits uploads to 25 MB, and runs one training at a time (the others wait
+in a queue).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto"):
+    """(Gradio Blocks, AppState) for ``models_root``; the upload folder is made here. Gradio is
+    imported after GRADIO_TEMP_DIR points into the upload folder, so that its uploads and cached
+    results go there."""
+    from .actions import AppState, new_upload_dir, remove_upload_dir
+    from .store import ModelStore
+
+    root = Path(models_root)
+    root.mkdir(parents=True, exist_ok=True)
+    upload = new_upload_dir()
+    atexit.register(remove_upload_dir, upload)
+    os.environ["GRADIO_TEMP_DIR"] = str(upload)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .errors import install_warning_hook
+    from .ui import build
+
+    install_warning_hook()
+    state = AppState(ModelStore(root), upload, device=device)
+    return build(state), state
+
+
+def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.0.1", port: int = 7860,
+           device: str = "auto", quiet: bool = False) -> None:
+    from .actions import MAX_UPLOAD_MB
+
+    if host not in LOOPBACK:
+        print(f"warning: the app listens on {host}, so other machines can reach it; it has no login, and "
+              "anyone who reaches it can train models and write files under --models_root (use "
+              "--host 127.0.0.1 to keep it on this machine)", file=sys.stderr)
+    demo, state = create(models_root, device)
+    demo.queue(default_concurrency_limit=4)
+    print(f"ConSinGAN app: models in {state.store.root}; open http://{host if ':' not in host else f'[{host}]'}:{port}",
+          flush=True)
+    demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
+                show_error=True, quiet=quiet, footer_links=["api"],
+                ssr_mode=False)

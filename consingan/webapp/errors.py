@@ -1,0 +1,89 @@
+"""Errors and warnings in the page: the one line the command line would print, never a crashed server."""
+from __future__ import annotations
+
+import functools
+import threading
+import traceback
+import warnings
+from typing import Any, Callable
+
+from ..errors import ConSinGANWarning, UserError
+
+_local = threading.local()
+_installed = False
+
+
+def message_of(exc: BaseException) -> str | None:
+    """The command line's one-line message for what a user can fix (cli.fail_on), else None (a bug)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else "a file"
+        return (f"cannot write or read {where} ({exc.strerror or exc}); check the path and its permissions, "
+                "or write the output elsewhere")
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "out of memory" in str(exc) or "can't allocate memory" in str(exc))):
+        return "out of memory; use a smaller size or fewer images"
+    return None
+
+
+def install_warning_hook() -> None:
+    """ConSinGANWarning goes to the request that raised it (shown as a warning in the page); other
+    warnings as before. Each handler runs on its own thread, so the messages are kept per thread."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    warnings.simplefilter("always", ConSinGANWarning)
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConSinGANWarning):
+            pending = getattr(_local, "warnings", None)
+            if pending is not None:
+                pending.append(str(message))
+                return
+        previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler whose UserError (and the errors the command line also reports in one line) shows as
+    ``gr.Error`` with the same message, whose library warnings show as ``gr.Warning``, and whose bugs
+    show a short line while the traceback goes to the server's log."""
+    import gradio as gr
+
+    def run(args, kwargs):
+        _local.warnings = []
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing may take the server down
+            text = message_of(exc)
+            if text is None:
+                traceback.print_exc()
+                text = f"internal error: {type(exc).__name__}: {exc} (the server's log has the traceback)"
+            raise gr.Error(text, print_exception=False) from None
+        finally:
+            for message in _local.warnings:
+                gr.Warning(message)
+            _local.warnings = None
+
+    if _is_generator(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            yield from run(args, kwargs)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return run(args, kwargs)
+    return wrapper
+
+
+def _is_generator(fn) -> bool:
+    import inspect
+
+    return inspect.isgeneratorfunction(fn)
