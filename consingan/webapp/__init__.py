@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.
     demo.queue(default_concurrency_limit=4)
     print(f"ConSinGAN app: models in {state.store.root}; open http://{host if ':' not in host else f'[{host}]'}:{port}",
           flush=True)
-    demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                show_error=True, quiet=quiet, footer_links=["api"],
-                ssr_mode=False)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # SIGTERM ends the app as Ctrl-C does: Gradio closes its server
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
+                    show_error=True, quiet=quiet, footer_links=["api"], ssr_mode=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        left = state.queue.shutdown(timeout=60)
+        for line in left:
+            print(line, file=sys.stderr)

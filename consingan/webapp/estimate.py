@@ -31,7 +31,7 @@ def machine_rate(device_type: str = "cpu") -> float:
     x = torch.randn(1, 64, 96, 144, device=device).to(memory_format=torch.channels_last).requires_grad_(True)
     flops = 3 * 2 * 64 * 64 * 9 * 94 * 142  # forward, input gradient, weight gradient
     best = float("inf")
-    for i in range(8):
+    for i in range(14):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()

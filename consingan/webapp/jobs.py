@@ -38,6 +38,7 @@ class Job:
     out_dir: Path
     run: Callable[["Job"], Any]  # does the work with job.callbacks and job.stop; returns the model
     stop: threading.Event = field(default_factory=threading.Event)
+    iterating: threading.Event = field(default_factory=threading.Event)  # set at the first iteration
     state: str = QUEUED
     message: str = ""
     stage: int = 0
@@ -91,6 +92,7 @@ class JobCallbacks(Callbacks):
             job.stage, job.iteration, job.seconds_left = stage, iteration, left
             if losses:
                 job.losses = {k: float(v) for k, v in losses.items()}
+        job.iterating.set()
 
     def on_image(self, stage, name, image):
         from ..core.image import to_uint8
@@ -182,10 +184,16 @@ class TrainingQueue:
                 job.message = "stopping after this iteration (a checkpoint is written)"
         return job
 
-    def wait(self, job_id: int | str | None, timeout: float) -> Job:
-        """Block until the job ended or ``timeout`` seconds passed; returns the job either way."""
+    def wait(self, job_id: int | str | None, timeout: float, until: str = "end") -> Job:
+        """Block until the job ended (``until`` "end") or ran an iteration ("iterating"), or ``timeout``
+        seconds passed; returns the job either way."""
         job = self.get(job_id)
         deadline = time.monotonic() + timeout
+        if until == "iterating":
+            while not job.iterating.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                if job.state not in (QUEUED, RUNNING) or time.monotonic() >= deadline:
+                    break
+            return job
         with self._lock:
             while job.state in (QUEUED, RUNNING):
                 left = deadline - time.monotonic()
@@ -197,6 +205,25 @@ class TrainingQueue:
     def wait_for_change(self, timeout: float) -> None:
         with self._lock:
             self._changed.wait(timeout)
+
+    def shutdown(self, timeout: float) -> list[str]:
+        """The app ends: waiting jobs are dropped, the running one stops at a checkpoint (waiting up to
+        ``timeout`` seconds for it). Returns a line per job that can be resumed or did not stop."""
+        with self._lock:
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            running = [j for j in self._jobs.values() if j.state == RUNNING]
+        for job in running:
+            job.stop.set()
+        lines = [f"job {j.id} ({j.title}) was waiting and did not start" for j in dropped]
+        for job in running:
+            self.wait(job.id, timeout)
+            if job.state == RUNNING:
+                lines.append(f"job {job.id} ({job.title}) did not stop within {timeout:g} s; its last checkpoint "
+                             f"in {job.out_dir} can be resumed")
+            elif job.state == STOPPED:
+                lines.append(f"job {job.id} stopped: {job.message}")
+        return lines
 
     def _work(self) -> None:
         while True:
@@ -211,6 +238,7 @@ class TrainingQueue:
             self._run(job)
             with self._lock:
                 job.ended = time.time()
+                job.iterating.set()
                 self.finished_count += 1
                 self._changed.notify_all()
 

@@ -38,7 +38,8 @@ def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
     lines = [head]
     if snap["state"] == QUEUED:
         job = state.queue.get(snap["id"])
-        lines.append(f"waiting: number {state.queue.position(job)} in the queue (one training runs at a time)")
+        if any(j.state == RUNNING for j in state.queue.jobs()):
+            lines.append(f"waiting: number {state.queue.position(job)} in the queue (one training runs at a time)")
     if snap["state"] == RUNNING and snap["num_stages"]:
         left = "" if snap["seconds_left"] is None else f", about {describe_seconds(snap['seconds_left'])} left"
         lines.append(f"stage {snap['stage'] + 1}/{snap['num_stages']}, iteration {snap['iteration']}/{snap['niter']}, "
@@ -84,18 +85,20 @@ def build(state: act.AppState) -> gr.Blocks:
                                                 elem_id="train-preset")
                         with gr.Accordion("Settings (blank: the mode's and preset's default)", open=False,
                                           elem_id="train-settings"):
+                            def setting(label, elem, hint="default"):
+                                return gr.Textbox("", label=label, placeholder=hint, max_lines=1, elem_id=f"train-{elem}")
+
                             with gr.Row():
-                                t_max = gr.Number(None, label="max_size", precision=0, elem_id="train-max-size")
-                                t_stages = gr.Number(None, label="train_stages", precision=0, elem_id="train-stages")
-                                t_niter = gr.Number(None, label="niter", precision=0, elem_id="train-niter")
+                                t_max = setting("max_size", "max-size", "250")
+                                t_stages = setting("train_stages", "stages", "6 (harmonization 3)")
+                                t_niter = setting("niter", "niter", "by the preset")
                             with gr.Row():
-                                t_nfc = gr.Number(None, label="nfc", precision=0, elem_id="train-nfc")
-                                t_min = gr.Number(None, label="min_size", precision=0, elem_id="train-min-size")
-                                t_seed = gr.Number(None, label="seed", precision=0, elem_id="train-seed")
+                                t_nfc = setting("nfc", "nfc", "64")
+                                t_min = setting("min_size", "min-size", "25 (by the mode)")
+                                t_seed = setting("seed", "seed", "random")
                             with gr.Row():
-                                t_sr = gr.Number(None, label="sr_factor (superres)", elem_id="train-sr-factor")
-                                t_colors = gr.Number(None, label="paint_colors (paint)", precision=0,
-                                                     elem_id="train-paint-colors")
+                                t_sr = setting("sr_factor (superres)", "sr-factor", "4")
+                                t_colors = setting("paint_colors (paint)", "paint-colors", "5")
                         t_estimate = gr.Markdown(elem_id="train-estimate")
                         with gr.Row():
                             t_start = gr.Button("Train", variant="primary", elem_id="train-start")
@@ -245,14 +248,19 @@ def build(state: act.AppState) -> gr.Blocks:
             return act.make_settings(mode, preset, mx, stages, niter, nfc, mn, 0 if seed in (None, "") else seed,
                                      sr, colors)
 
-        @guarded
         def estimate(image, example, *settings):
-            path = None
-            if image:
-                path = act.readable(state, image, "training image")
-            elif example:
-                path = act.example_path(state, example)
-            return act.estimate_text(state, path, settings_of(*settings))
+            """The expected time, or what is wrong with the settings (in the text: it updates as one types)."""
+            try:
+                path = None
+                if image:
+                    path = act.readable(state, image, "training image")
+                elif example:
+                    path = act.example_path(state, example)
+                return act.estimate_text(state, path, settings_of(*settings))
+            except act.UserError as exc:
+                return f"**Settings:** {exc}"
+            except Exception as exc:  # noqa: BLE001 - the estimate must never break the page
+                return f"**No estimate:** {type(exc).__name__}: {exc}"
 
         @guarded
         def train(image, example, mode, preset, mx, stages, niter, nfc, mn, seed, sr, colors):
@@ -312,8 +320,9 @@ def build(state: act.AppState) -> gr.Blocks:
         list_outputs = [t_table, t_resume_pick, s_model, h_model, p_model, r_model, a_model, e_model]
         train_settings = [t_mode, t_preset, t_max, t_stages, t_niter, t_nfc, t_min, t_seed, t_sr, t_colors]
 
-        for trigger in (t_image.change, t_example.change, t_mode.change, t_preset.change, t_max.change,
-                        t_stages.change, t_niter.change, t_nfc.change, t_min.change, t_sr.change):
+        for trigger in (t_image.change, t_example.change, t_mode.change, t_preset.change,
+                        *(box.blur for box in (t_max, t_stages, t_niter, t_nfc, t_min, t_sr, t_colors)),
+                        *(box.submit for box in (t_max, t_stages, t_niter, t_nfc, t_min, t_sr, t_colors))):
             trigger(estimate, [t_image, t_example, *train_settings], t_estimate, api_visibility="private",
                     show_progress="hidden")
         demo.load(estimate, [t_image, t_example, *train_settings], t_estimate, api_visibility="private",
@@ -337,9 +346,12 @@ def build(state: act.AppState) -> gr.Blocks:
             return state.queue.get(job_id).snapshot()
 
         @guarded
-        def wait_job(job_id: int, timeout: float) -> dict:
-            """Wait until the job ended (at most ``timeout`` seconds); its state as job_status gives it."""
-            return state.queue.wait(job_id, min(float(timeout), 3600.0)).snapshot()
+        def wait_job(job_id: int, timeout: float, until: str = "end") -> dict:
+            """Wait until the job ended (``until`` "end") or ran its first iteration ("iterating"), at most
+            ``timeout`` seconds; its state as job_status gives it."""
+            if until not in ("end", "iterating"):
+                raise act.UserError(f"until must be 'end' or 'iterating', not {until!r}")
+            return state.queue.wait(job_id, min(float(timeout), 3600.0), until).snapshot()
 
         @guarded
         def list_models() -> list:
