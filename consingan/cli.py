@@ -546,6 +546,106 @@ def check_object_memory(obj: str, scale: float) -> None:
                  f"(--scale {scale:g})", "use a smaller --scale", torch_device("cpu"))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def batch(
+    ctx: typer.Context,
+    images: Annotated[Optional[str], opt("--images", help="a folder of images, a glob pattern (quoted), a .txt "
+                                         "list or a .csv manifest (image column, per-image train flags as columns)")] = None,
+    out_root: Annotated[Optional[str], opt("--out_root", help="one model folder per image goes here (on a cluster: "
+                                           "a shared file system)")] = None,
+    samples: Annotated[int, opt("--samples", help="samples to write per model [0]")] = 0,
+    evaluate: Annotated[bool, opt("--evaluate", help="write metrics.json per model")] = False,
+    cpus_per_job: Annotated[float, opt("--cpus_per_job", help="CPUs (torch threads) per job [1]")] = 1,
+    gpus_per_job: Annotated[float, opt("--gpus_per_job", help="GPUs per job; 0.25 packs four jobs on a GPU [0]")] = 0,
+    address: Annotated[Optional[str], opt("--address", help="join this Ray cluster (auto or HOST:PORT) [RAY_ADDRESS, "
+                                          "else a local Ray on this machine]")] = None,
+    retries: Annotated[int, opt("--retries", help="retries of a job whose worker died [3]")] = 3,
+    retry_failed: Annotated[bool, opt("--retry_failed", help="train the images that failed before again")] = False,
+    force: Annotated[bool, opt("--force", help="train every image again from nothing (removes its old folder)")] = False,
+) -> None:
+    """Train a model on each of many images, on Ray (local by default). Any train flag applies to every
+    image; a manifest's columns override it per image. Run it again to go on: finished images are
+    skipped, interrupted ones resume from their checkpoints.
+
+    \b
+        consingan batch --images photos/ --out_root runs/photos --preset fast --samples 10
+        consingan batch --images manifest.csv --out_root runs/m --niter 500 --evaluate
+        consingan batch --images 'data/*.png' --out_root /shared/runs --address auto --gpus_per_job 0.25
+    """
+    try:
+        print_warnings()
+        if not images or not out_root:
+            raise UserError("batch needs --images (folder, pattern, .txt or .csv) and --out_root FOLDER")
+        settings = batch_train_flags(ctx.args)
+        from . import batch as batch_runner
+
+        results = batch_runner.run(images, out_root, samples=samples, evaluate=evaluate, cpus_per_job=cpus_per_job,
+                                   gpus_per_job=gpus_per_job, address=address, retries=retries,
+                                   retry_failed=retry_failed, force=force, **settings)
+    except KeyboardInterrupt:
+        typer.echo(f"error: interrupted; run the same command again to go on (summary: {Path(out_root) / 'summary.csv'})",
+                   err=True)
+        raise typer.Exit(130)
+    except HANDLED as e:
+        fail_on(e, "lower --cpus_per_job's jobs per machine, --max_size or --nfc")
+    typer.echo(batch_runner.total_line(results, out_root))
+    if any(r.status != "done" and r.status != "skipped" for r in results):
+        raise typer.Exit(1)
+
+
+# Train flags that name one run's files or a single model; the batch names those itself.
+NOT_BATCH_FLAGS = {"input_name", "out_dir", "resume", "fine_tune", "model_dir", "naive_img", "gpu"}
+
+
+def batch_train_flags(args: list[str]) -> dict:
+    """The train flags given to batch, parsed by the train command itself: {setting: value}."""
+    train_cmd = typer.main.get_command(app).commands["train"]
+    try:
+        sub = train_cmd.make_context("batch", list(args), resilient_parsing=False)
+    except typer.TyperException as exc:  # an unknown flag or a value of the wrong type
+        raise UserError(f"{exc.format_message()} (batch takes the train flags; see consingan train --help)") from None
+    given = {p.name: sub.params[p.name] for p in given_flags(sub)}
+    refused = sorted(f"--{name}" for name in given if name in NOT_BATCH_FLAGS)
+    if refused:
+        raise UserError(f"{', '.join(refused)} cannot be given to batch: the images come from --images, the folders "
+                        "from --out_root, and Ray picks the GPU (--gpus_per_job)")
+    if given.pop("not_cuda", False):
+        given["device"] = "cpu"
+    for key in ("niter_stages", "Dsteps_stages"):
+        if key in given:
+            given[key] = parse_counts(given[key], f"--{key}")
+    return given
+
+
+@app.command("app")
+def web_app(
+    models_root: Annotated[str, opt("--models_root", help="folder of the models the app lists and writes")] = "TrainedModels",
+    host: Annotated[str, opt("--host", help="address to listen on (another than 127.0.0.1 is reachable from "
+                             "other machines)")] = "127.0.0.1",
+    port: Annotated[int, opt("--port", help="port to listen on", min=1, max=65535)] = 7860,
+    device: DeviceOpt = "auto",
+) -> None:
+    """The web app: train, sample, harmonize, paint, enlarge, animate and explore from the browser.
+
+    \b
+        consingan app --models_root TrainedModels   # then open http://127.0.0.1:7860
+    """
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        fail('the web app needs Gradio: pip install -e ".[app]"')
+    from .webapp import launch
+
+    try:
+        print_warnings()
+        dev = api.resolve_device(device)
+        process_speedups(dev)
+        output_folder(models_root, "pass --models_root DIR, a folder the app may write into")
+        launch(models_root, host=host, port=port, device=str(dev))
+    except HANDLED as e:
+        fail_on(e, "train at a smaller size")
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="consingan")
 
