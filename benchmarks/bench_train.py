@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consingan.config import make_config  # noqa: E402
 from consingan.core.graphs import WARMUP, make_step  # noqa: E402
 from consingan.core.image import resize  # noqa: E402
-from consingan.storage.image_files import read_image
+from consingan.storage.image_files import read_image  # noqa: E402
 from consingan.core.networks import set_fast_kernels  # noqa: E402
 from consingan.core.noise import random_noise  # noqa: E402
 from consingan.core.step import StageState, plain_step, train_step  # noqa: E402
-from consingan.core.engine import RunOptions, Trainer, make_optimizers, seed_everything  # noqa: E402
+from consingan.core.engine import Engine, EngineOptions, make_optimizers  # noqa: E402
+from consingan.core.runtime import tune_cpu_allocator  # noqa: E402
 
 IMAGE = Path(__file__).resolve().parents[1] / "Images" / "Generation" / "rocket.png"
 
@@ -67,15 +68,16 @@ def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
 
 
 def build_state(config, stage: int, device: torch.device, channels_last: bool,
-                tune_allocator: bool = True) -> tuple[StageState, Trainer]:
+                tune_allocator: bool = True) -> tuple[StageState, Engine]:
     """Networks, optimizers and noise of ``stage`` for a paper-default run (untrained weights)."""
-    seed_everything(0)
-    options = RunOptions(device=str(device), channels_last=channels_last, tune_allocator=tune_allocator)
+    if tune_allocator and device.type == "cpu":
+        tune_cpu_allocator()  # what the command line does (the library leaves it to its caller)
+    options = EngineOptions(device=str(device), channels_last=channels_last)
     image = read_image(IMAGE)
     h, w = image.shape[-2:]
     if max(h, w) < config.max_size:  # --max_size 500: the same photo, enlarged, so that 500 px is reached
         image = resize(image, (round(h * config.max_size / max(h, w)), round(w * config.max_size / max(h, w))))
-    t = Trainer(image, config, options)
+    t = Engine.start(image, config.replace(manualSeed=0), options)
     for k in range(stage + 1):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim

@@ -10,30 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
+from .callbacks import CallbackList, Callbacks, StagePreviews, StopFlag, StopOnSignals
 from .config import Config, make_config
+from .core.engine import CHECKPOINT_EVERY, Engine, EngineOptions, TrainingStopped
+from .core.image import check_pixels, from_numpy, stage_sizes, training_image
+from .core.runtime import resolve_precision
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
-from .tasks import harmonize as _harmonize
-from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
-from .core.image import check_pixels, from_numpy, stage_sizes, training_image
-from .storage.image_files import read_image, save_image
-from .core.model import Model
 from .model import ConSinGAN
-from .storage.model_file import MODEL_FILE, load_model, save_model
 from .progress import count_progress, make_progress
-from .core.runtime import resolve_precision
-from .storage.outputs import NoSpace, OutputExists, claim_dir, clean_temp_files, write_bytes
-from .core.engine import CHECKPOINT_EVERY, CHECKPOINT_FILE, CHECKPOINT_FORMAT, RunOptions, Trainer, no_space_stop
-from .core.engine import train as _train_loop
+from .storage.image_files import read_image, save_image
+from .storage.model_file import MODEL_FILE, load_model
+from .storage.outputs import OutputExists, claim_dir, write_bytes
+from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, RunDir
+from .tasks import harmonize as _harmonize
+from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
+from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
+
 
 def as_image(image: Any, what: str = "input image") -> torch.Tensor:
     """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor."""
@@ -73,6 +75,7 @@ def check_new_dir(path: Path, what: str = "--out_dir") -> None:
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
           device: str = "auto", progress: str = "none", input_name: str | None = None,
           checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, run_info: dict | None = None,
+          callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None,
           **settings: Any) -> ConSinGAN:
     """Train a model on one image. ``settings`` are Config fields (e.g. ``niter=500``) when no
     ``config`` is given; ``train_mode`` picks the mode and its defaults, ``preset`` ("paper" or
@@ -80,7 +83,11 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     editing): an image whose result is written into every stage folder (not used for training).
 
     With ``out_dir``, the full model directory is written there (model.pt, config.json, log.jsonl,
-    one folder per stage); the directory must not exist or be empty.
+    one folder per stage); the directory must not exist or be empty. ``callbacks``: objects with the
+    methods of ``consingan.callbacks.Callbacks``, told of every stage, log point and image. ``stop``:
+    set it (from any thread) to stop at the next iteration with a checkpoint (TrainingStopped).
+    Randomness comes from the run's own generators seeded by ``manualSeed``: the same settings give
+    the same model, also for several runs in one process.
     """
     if config is None:
         run_info = {"preset": settings.get("preset", "paper"), **(run_info or {})}
@@ -99,68 +106,91 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
         preview = _harmonize.stage_preview(naive_img)
     dev = resolve_device(device)
     config = resolve_precision(config, dev)  # config.json records what the run uses
-    out = Path(out_dir) if out_dir is not None else None
-    with _claimed(out, fresh=True):
-        if out is not None:
+    options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
+    run = RunDir(out_dir) if out_dir is not None else None
+    with _claimed(run, fresh=True):
+        if run is not None:
             meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
-            _write_run_info(out, config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
-        model = _train_loop(real, config, RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
-                                                     preview=preview),
-                            progress=make_progress(progress), stage0_input=stage0_input_for(config))
-        return _finish(model, out)
+            run.write_info(config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
+        make = lambda cbs: Engine.start(real, config, options, cbs, stage0_input_for(config))  # noqa: E731
+        return _run(make, run, progress, callbacks, stop, preview)
+
+
+def _run(make: Callable[[list[Callbacks]], Engine], run: RunDir | None, progress: str,
+         callbacks: Sequence[Callbacks], stop: threading.Event | None, preview=None) -> ConSinGAN:
+    """Build the engine with the callbacks a run gets (the run directory's writer and its stage
+    previews, progress, the stop flag, Ctrl-C/SIGTERM on the main thread, the caller's), run it,
+    finish the run directory. A stop gives TrainingStopped with the checkpoint to go on from."""
+    bar = make_progress(progress)
+    signals = StopOnSignals()
+    writer = run.writer() if run is not None else None
+    told = CallbackList([writer, bar, StopFlag(stop) if stop is not None else None, signals, *callbacks])
+    # the stage-end images (reconstruction, samples grid, previews) go to every callback, files included
+    cbs: list[Callbacks] = [told, StagePreviews(told, preview)] if run is not None else [told]
+    engine = make(cbs)
+    try:
+        with signals:
+            model = engine.run()
+        if run is not None:
+            run.finish(model)
+        return ConSinGAN.of(model)
+    except TrainingStopped as stopped:
+        if stopped.interrupted and signals.signum is not None:
+            by = " by SIGTERM" if signals.signum == getattr(signal, "SIGTERM", None) else ""
+            stopped.args = (str(stopped).replace("interrupted", f"interrupted{by}", 1),)
+            stopped.exit_code = signals.exit_code()
+        if run is not None and stopped.checkpoint is None and run.checkpoint_file.exists():
+            stopped.checkpoint = run.checkpoint_file
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
 
 
 @contextmanager
-def _claimed(out: Path | None, fresh: bool, what: str = "--out_dir"):
-    """Hold ``out`` for this run (outputs.claim_dir) while the block runs; nothing to do without ``out``."""
-    if out is None:
+def _claimed(run: RunDir | None, fresh: bool, what: str = "--out_dir"):
+    """Hold the run directory while the block runs (RunDir.claimed); nothing to do without one."""
+    if run is None:
         yield
         return
-    claim = claim_dir(out, what, fresh=fresh)
-    try:
+    with run.claimed(fresh, what):
         yield
-    finally:
-        claim.release()
 
 
 def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
-           checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
-    """Go on with an interrupted training run from ``out_dir/checkpoint.pt``."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        _no_checkpoint(out)
-    options = RunOptions(device=str(resolve_device(device)), out_dir=out, checkpoint_every=checkpoint_every)
-    from .storage.model_file import read_record
-
-    with _claimed(out, fresh=False):  # not while the run itself (or another resume) still goes on
-        if not (out / CHECKPOINT_FILE).exists():
-            _no_checkpoint(out)
-        clean_temp_files(out)  # left by a write that was killed
-        config = Config.from_dict(read_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"])
-        options, stage0_input = _harmonize.resume_hooks(out, config, options, stage0_input_for(config))
-        trainer = Trainer.resume(out, options, make_progress(progress), stage0_input)
-        return _finish(trainer.fit(), out)
-
-
-def _no_checkpoint(out: Path) -> None:
-    if (out / MODEL_FILE).exists():
-        raise UserError(f"{out} holds a finished model and no checkpoint: nothing to resume")
-    raise UserError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
-                    "interrupted training run")
+           checkpoint_every: int = CHECKPOINT_EVERY, callbacks: Sequence[Callbacks] = (),
+           stop: threading.Event | None = None) -> ConSinGAN:
+    """Go on with an interrupted training run from ``out_dir/checkpoint.pt``: the same numbers as a
+    run that was never interrupted."""
+    run = RunDir(out_dir)
+    run.read_checkpoint() if not run.path.is_dir() else None  # no directory: say so before claiming one
+    options = EngineOptions(device=str(resolve_device(device)), checkpoint_every=checkpoint_every)
+    with _claimed(run, fresh=False):  # not while the run itself (or another resume) still goes on
+        model, state = run.read_checkpoint()
+        run.clean()  # temporary files a killed write left
+        naive = run.naive_image()
+        stage0_input = stage0_input_for(model.config)
+        if naive is not None and run.info().get(FINE_TUNED_KEY):
+            stage0_input = _harmonize.fine_tune_input(naive, model.config)
+        preview = _harmonize.stage_preview(naive) if naive is not None else None
+        make = lambda cbs: Engine.restore(model, state, options, cbs, stage0_input, where=run.checkpoint_file)  # noqa: E731
+        return _run(make, run, progress, callbacks, stop, preview)
 
 
 def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, manualSeed: int | None = None,
               out_dir: str | Path | None = None, device: str = "auto", progress: str = "none",
-              train_mode: str | None = None, checkpoint_every: int = CHECKPOINT_EVERY) -> ConSinGAN:
-    """Fine-tune a harmonization or editing model on a naive image (METHOD 4): only the top stage
-    trains, with its normal optimizer groups, ``niter`` iterations (default 2000, the reference's
-    command-line default, whatever the model was trained with), with the naive image as stage-0 input.
+              train_mode: str | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+              callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None) -> ConSinGAN:
+    """Fine-tune a harmonization or editing model on a naive image (docs/method.md section 4): only
+    the top stage trains, with its normal optimizer groups, ``niter`` iterations (default 2000, the
+    reference's command-line default, whatever the model was trained with), with the naive image as
+    stage-0 input.
 
     Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
     touched. ``train_mode``, when given, must be the model's.
     """
-    from .core.engine import seed_everything
-
     model = load_model(model_dir)
     _harmonize.require_naive_mode(model.config, "--fine_tune")
     if train_mode is not None and train_mode != model.config.train_mode:
@@ -172,26 +202,15 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     naive_img = as_image(naive, "naive image")
     _harmonize.check_aspect(naive_img, model.real)
-    out = Path(out_dir) if out_dir is not None else _harmonize.fine_tune_dir(model_dir)
+    run = RunDir(out_dir if out_dir is not None else _harmonize.fine_tune_dir(model_dir))
     dev = resolve_device(device)
-    with _claimed(out, fresh=True):
-        _write_run_info(out, model.config, _harmonize.run_info(model_dir).get("input_name"), dev, naive,
-                        **{_harmonize.FINE_TUNED_KEY: Path(model_dir).as_posix()})
-        seed_everything(model.config.manualSeed)
-        options = RunOptions(device=str(dev), out_dir=out, checkpoint_every=checkpoint_every,
-                             preview=_harmonize.stage_preview(naive_img))
-        trainer = _harmonize.fine_tune_trainer(model, naive_img, options, make_progress(progress))
-        return _finish(trainer.fit(), out)
-
-
-def _write_run_info(out: Path, config: Config, input_name: str | None, device: torch.device, naive: Any,
-                    **extra: Any) -> None:
-    """The run's readable config.json: the settings, where the image came from, the device, and the
-    naive image's path (a resumed run reads it back to write its previews and stage-0 input)."""
-    info = {**config.to_dict(), "input_name": input_name, **extra, "device": str(device)}
-    if isinstance(naive, (str, os.PathLike)):
-        info[_harmonize.NAIVE_KEY] = Path(naive).as_posix()
-    write_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), out / "config.json")
+    options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
+    with _claimed(run, fresh=True):
+        run.write_info(model.config, RunDir(Path(model_dir)).info().get(INPUT_KEY), dev, naive,
+                       **{FINE_TUNED_KEY: Path(model_dir).as_posix()})
+        stage0_input = _harmonize.fine_tune_input(naive_img, model.config)
+        make = lambda cbs: Engine.fine_tune(model, stage0_input, options, cbs)  # noqa: E731
+        return _run(make, run, progress, callbacks, stop, _harmonize.stage_preview(naive_img))
 
 
 def stage0_input_for(config: Config):
@@ -201,21 +220,6 @@ def stage0_input_for(config: Config):
     from .core.augment import stage0_augmentation
 
     return stage0_augmentation(config)
-
-
-def _finish(model: Model, out: Path | None) -> ConSinGAN:
-    """Write model.pt, then drop the checkpoint it replaces and any temporary file a killed write left.
-    A full disk keeps the checkpoint and says how to go on (TrainingStopped)."""
-    if out is not None:
-        try:
-            save_model(model, out)
-        except NoSpace as exc:
-            checkpoint = out / CHECKPOINT_FILE
-            kept = f"the last checkpoint ({checkpoint})" if checkpoint.exists() else None
-            raise no_space_stop(exc, out, kept) from None
-        (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # the finished model replaces it
-        clean_temp_files(out)
-    return ConSinGAN.of(model)
 
 
 def load(path: str | Path, device: str = "cpu") -> ConSinGAN:
@@ -248,7 +252,7 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
     folder = out / name
     batches = generate_batches(model, num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed,
                                start_scale=start_scale)  # checks the settings before anything is written
-    with _claimed(folder, fresh=True, what="output folder"), count_progress(progress, num_samples, "samples") as bar:
+    with claim_dir(folder, "output folder", fresh=True), count_progress(progress, num_samples, "samples") as bar:
         i = 0
         for batch in batches:
             for s in batch:

@@ -137,8 +137,8 @@ def stopped_message(out: Path):
 def train(
     ctx: typer.Context,
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
-    train_mode: Annotated[str, opt("--train_mode", help="generation, retarget, harmonization, editing or "
-                                   "animation")] = "generation",
+    train_mode: Annotated[str, opt("--train_mode", help="generation, retarget, harmonization, editing, "
+                                   "animation, superres or paint")] = "generation",
     preset: Annotated[str, opt("--preset", help="paper: the paper's settings. fast: fewer iterations and 2 "
                                 "discriminator steps in the top three stages, bfloat16 where the machine has it; "
                                 "about 13 instead of 75 min for 250 px on a 2-core CPU with bfloat16 instructions, "
@@ -178,6 +178,9 @@ def train(
     batch_norm: Annotated[Optional[bool], typer.Option("--batch_norm/--no_batch_norm", "--batch-norm/--no-batch-norm",
                                                        help="batch norm in G [off; harmonization/editing on]")] = None,
     manualSeed: Annotated[Optional[int], opt("--manualSeed", help="random seed [random, recorded]")] = None,
+    sr_factor: Annotated[Optional[float], opt("--sr_factor", help="superres: the enlargement to train for; sets the "
+                                              "pyramid step (unless --min_size is given) [4]")] = None,
+    paint_colors: Annotated[Optional[int], opt("--paint_colors", help="paint: colours of the palette [5]")] = None,
     device: DeviceOpt = "auto",
     gpu: GpuOpt = None,
     not_cuda: NotCudaOpt = False,
@@ -197,6 +200,7 @@ def train(
         python main_train.py --input_name Images/Generation/rocket.png
         python main_train.py --input_name rocket.png --preset fast --out_dir r1
         python main_train.py --train_mode harmonization --input_name bg.png
+        python main_train.py --train_mode superres --input_name LR.png --sr_factor 4
         python main_train.py --train_mode harmonization --fine_tune \\
             --model_dir M --naive_img naive.png
     """
@@ -213,6 +217,7 @@ def train(
             if out.is_dir():
                 output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
             echo_device(dev)
+            process_speedups(dev)
             with stopped_message(out):
                 api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
             typer.echo(f"Model saved to: {out}")
@@ -224,6 +229,9 @@ def train(
             return
         if not input_name:
             raise UserError("no training image given; pass --input_name PATH")
+        for flag, value, mode in (("--sr_factor", sr_factor, "superres"), ("--paint_colors", paint_colors, "paint")):
+            if value is not None and train_mode != mode:
+                raise UserError(f"{flag} only applies to --train_mode {mode}; add --train_mode {mode} or drop {flag}")
         config = api.make_config(
             train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
             niter_stages=parse_counts(niter_stages, "--niter_stages"),
@@ -231,13 +239,21 @@ def train(
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
-            batch_norm=batch_norm, manualSeed=manualSeed)
+            batch_norm=batch_norm, manualSeed=manualSeed, sr_factor=sr_factor, paint_colors=paint_colors)
         dev = api.resolve_device(device, gpu, not_cuda)
         image = api.read_image(input_name)
+        if config.mode.name == "superres":  # docs/method.md 5: the pyramid step is the upsampling step
+            from .tasks import superres
+
+            config = superres.superres_config(image, config, min_size_given=min_size is not None)
+            shrunk = superres.shrunk_warning(image, config)
+            if shrunk:
+                typer.echo(f"warning: {shrunk}", err=True)
         check_training_memory(image, config, dev)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
         output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
         echo_device(dev)
+        process_speedups(dev)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
                       checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
@@ -284,6 +300,7 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     out = Path(out_dir) if out_dir else api.fine_tune_dir(model_dir)
     output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
     echo_device(torch_device(device))
+    process_speedups(torch_device(device))
     with stopped_message(out):
         api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
                       progress=progress, train_mode=train_mode if mode_given else None,
@@ -296,6 +313,20 @@ def echo_device(device) -> None:
     from .device import describe
 
     typer.echo(f"Device: {describe(device)}")
+
+
+def process_speedups(device) -> None:
+    """Process-wide settings that keep the numbers and make training faster, which the library leaves
+    to its caller: glibc keeps freed memory for reuse on the CPU (core/runtime.py), cuDNN picks its
+    fastest convolution algorithms on a GPU."""
+    import torch
+
+    from .core.runtime import tune_cpu_allocator
+
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def torch_device(name: str):
@@ -342,10 +373,14 @@ def print_warnings() -> None:
     warnings.showwarning = show
 
 
+PAINT_SAMPLES = 4  # generate --paint without --num_samples
+
+
 @app.command()
 def generate(
     model_dir: ModelDirOpt = None,
-    num_samples: Annotated[int, opt("--num_samples", help="random samples to write")] = 50,
+    num_samples: Annotated[Optional[int], opt("--num_samples", help="random samples to write [50; --paint "
+                                              f"{PAINT_SAMPLES}]")] = None,
     scale_h: Annotated[float, opt("--scale_h", help="output height factor")] = 1.0,
     scale_w: Annotated[float, opt("--scale_w", help="output width factor")] = 1.0,
     seed: Annotated[Optional[int], opt("--seed", "--manualSeed", help="random seed of the samples "
@@ -363,8 +398,13 @@ def generate(
                                             "image (any size)")] = None,
     mask: Annotated[Optional[str], opt("--mask", help="with --naive_img: the pasted region (gray, RGB or alpha) "
                                        "[<naive stem>_mask<ext> beside it]")] = None,
-    out: Annotated[Optional[str], opt("--out", help="output folder [MODEL_DIR/Evaluation; with --naive_img: "
-                                      "MODEL_DIR/Evaluation/<naive stem>]")] = None,
+    sr_factor: Annotated[Optional[float], opt("--sr_factor", help="superres models: enlarge the training image "
+                                              "this many times; writes sr_x<F>.png and bicubic_x<F>.png [the "
+                                              "model's, 4]")] = None,
+    paint: Annotated[Optional[str], opt("--paint", help="a painting in flat colours (any size; see the palette "
+                                        "command): images with its layout and the training image's textures")] = None,
+    out: Annotated[Optional[str], opt("--out", help="output folder [MODEL_DIR/Evaluation; with --naive_img or "
+                                      "--paint: MODEL_DIR/Evaluation/<its stem>]")] = None,
     device: DeviceOpt = "auto",
     gpu: GpuOpt = None,
     not_cuda: NotCudaOpt = False,
@@ -376,14 +416,22 @@ def generate(
         consingan generate --model_dir M --num_samples 20 --start_scale 1
         consingan generate --model_dir M --scale_w 2 --seed 0
         consingan generate --model_dir M_animation --start_scale 1 --beta 0.9
+        consingan generate --model_dir M_superres --sr_factor 4 --seed 0
+        consingan generate --model_dir M_paint --paint painting.png --num_samples 4
     """
     try:
         print_warnings()
         check_real(scale_h, "--scale_h", positive=True)
         check_real(scale_w, "--scale_w", positive=True)
-        if num_samples < 1:
+        if num_samples is not None and num_samples < 1:
             raise UserError(f"--num_samples must be at least 1, not {num_samples}")
         check_seed(seed)
+        if sr_factor is not None:
+            from .tasks.superres import check_factor
+
+            check_factor(sr_factor)
+        task = task_flags(sr_factor, paint, naive_img or mask, scale_h, scale_w, start_scale,
+                          alpha, beta, num_frames, fps, fmt)
         for flag, value in (("--alpha", alpha), ("--beta", beta)):
             check_real(value, flag)
         check_real(fps, "--fps", positive=True)
@@ -391,6 +439,13 @@ def generate(
             raise UserError(f"--fps must be from {MIN_FPS:g} to {MAX_FPS:g} (a GIF stores frame times in 1/100 s, "
                             f"up to 655 s), not {fps}")
         model = load_model_arg(model_dir, device, gpu, not_cuda)
+        if (task is None and model.config.mode.inference == "superres" and not (naive_img or mask)
+                and num_samples is None and (scale_h, scale_w) == (1.0, 1.0) and start_scale is None):
+            task = "superres"  # what a superres model is for: its training image enlarged by its sr_factor
+        if task is not None:
+            write_task(model, model_dir, task, sr_factor, paint, num_samples, seed, out)
+            return
+        num_samples = 50 if num_samples is None else num_samples
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
@@ -417,6 +472,47 @@ def generate(
 
 
 OUT_FIX = "pass --out DIR to write elsewhere"
+
+
+def task_flags(sr_factor, paint, naive, scale_h, scale_w, start_scale, *animation) -> Optional[str]:
+    """"superres" or "paint" when --sr_factor or --paint asks for it (None otherwise), after refusing
+    flags that do not go with them."""
+    task = "superres" if sr_factor is not None else "paint" if paint is not None else None
+    if sr_factor is not None and paint is not None:
+        raise UserError("--sr_factor and --paint are two different tasks; give one of them")
+    if task is None:
+        return None
+    other = [flag for flag, given in (("--naive_img/--mask", naive), ("--scale_h", scale_h != 1.0),
+                                      ("--scale_w", scale_w != 1.0), ("--start_scale", start_scale is not None),
+                                      ("animation flags", any(a is not None for a in animation))) if given]
+    if other:
+        raise UserError(f"{', '.join(other)} cannot go with --{'sr_factor' if task == 'superres' else 'paint'}; "
+                        "drop them")
+    return task
+
+
+def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed, out) -> None:
+    """generate --sr_factor (or a superres model without flags) and generate --paint: docs/method.md 5."""
+    if task == "superres":
+        from .tasks import superres
+
+        superres.require_superres(model.config)
+        if num_samples is not None:
+            raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
+        factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
+        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        check_sample_memory(model, factor, factor, 1)
+        for path in superres.write_results(model, target, factor, seed=seed):
+            typer.echo(f"Saved: {path}")
+        return
+    from .tasks import paint as painting
+
+    painting.require_image_stage0(model.config)
+    n = PAINT_SAMPLES if num_samples is None else num_samples
+    target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(paint).stem, OUT_FIX)
+    check_sample_memory(model, 1.0, 1.0, n)
+    for path in painting.write_results(model, paint, target, num_samples=n, seed=seed):
+        typer.echo(f"Saved: {path}")
 # Frame rates for animations: a GIF stores frame times in 1/100 s (so at most 100 fps) in 16 bits (at most
 # 655 s, which Pillow can exceed when it merges identical frames into one: 10 s per frame leaves room).
 MIN_FPS, MAX_FPS = 0.1, 100.0
@@ -544,6 +640,36 @@ def check_object_memory(obj: str, scale: float) -> None:
         return
     check_memory(4.0 * 4 * 4 * h * w * scale * scale, f"an object scaled to {h * scale:.0f}x{w * scale:.0f} pixels "
                  f"(--scale {scale:g})", "use a smaller --scale", torch_device("cpu"))
+
+
+@app.command()
+def palette(
+    model_dir: ModelDirOpt = None,
+    out: Annotated[Optional[str], opt("--out", help="the swatch image to write, e.g. palette.png")] = None,
+    device: DeviceOpt = "auto",
+    gpu: GpuOpt = None,
+    not_cuda: NotCudaOpt = False,
+) -> None:
+    """Write the colours a painting for --paint should use, as a swatch image (one square per colour),
+    and print them: a paint model's palette (k-means on its stage-0 image), or the same for another model.
+
+    \b
+        consingan palette --model_dir M_paint --out palette.png
+    """
+    from .tasks.paint import hex_colour, write_palette
+
+    try:
+        print_warnings()
+        if not out:
+            raise UserError("palette needs --out FILE (e.g. palette.png)")
+        check_image_name(out, "--out")
+        output_folder(Path(out).parent, "choose another --out")
+        model = load_model_arg(model_dir, device, gpu, not_cuda)
+        path, colours = write_palette(model, out)
+    except HANDLED as e:
+        fail_on(e, "use another machine")
+    typer.echo("Palette: " + " ".join(hex_colour(c) for c in colours))
+    typer.echo(f"Palette saved to: {path}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

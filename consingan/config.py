@@ -1,7 +1,7 @@
 """The training configuration (immutable) and everything that differs between task modes.
 
 The rest of the package never compares ``train_mode`` strings: it asks the :class:`Mode` object
-returned by :func:`mode_of`. Defaults are the paper's (METHOD.md); a mode's own defaults apply
+returned by :func:`mode_of`. Defaults are the paper's (docs/method.md); a mode's own defaults apply
 unless the user passes a value.
 """
 from __future__ import annotations
@@ -11,43 +11,61 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, get_args
 
 from .errors import UserError
 
 
+Pyramid = Literal["dense", "geometric"]
+Stage0Fixed = Literal["real", "real+noise", "random"]
+Stage0Input = Literal["noise", "harmonization", "editing", "paint"]
+Inference = Literal["samples", "animation", "superres"]
+
+
 @dataclass(frozen=True)
 class Mode:
-    """How one task mode differs from plain generation."""
+    """How one task mode differs from plain generation. Checked when made: a misspelt value is an
+    error, not a silent default; ``defaults`` cannot be changed afterwards."""
 
     name: str
-    # "dense": stages denser at low resolution (METHOD 1); "geometric": plain geometric pyramid.
-    pyramid: str = "dense"
+    # "dense": stages denser at low resolution (docs/method.md section 1); "geometric": plain geometric pyramid.
+    pyramid: Pyramid = "dense"
     # True for generation/animation: stage features are upsampled onto a border of 2*num_layer
     # pixels before the noise is added (more diversity at the image edges); False: zero padding.
     upsampled_border: bool = True
     # What the reconstruction noise of stage 0 is: "real", "real+noise" or "random".
-    stage0_fixed: str = "real"
+    stage0_fixed: Stage0Fixed = "real"
     # What stage 0 receives each training iteration: "noise", "harmonization" or "editing"
-    # (the last two are augmentations of the stage-0 training image, METHOD 4).
-    stage0_input: str = "noise"
+    # (the last two are augmentations of the stage-0 training image, docs/method.md section 4).
+    stage0_input: Stage0Input = "noise"
     # Mask dilation radius for harmonization/editing inference (None: no masked inference).
     mask_dilation: int | None = None
     # File-name prefix of the results on a naive image ("harmonized", "edited"); None: the mode
     # takes no naive image (no --naive_img, no --fine_tune).
     result_name: str | None = None
     # Std of the Gaussian noise added to every image fed to stage 0 (training augmentation, naive
-    # image at fine-tuning and inference); editing 0.1, as its stage-0 fixed noise (METHOD 3-4).
+    # image at fine-tuning and inference); editing 0.1, as its stage-0 fixed noise (docs/method.md sections 3-4).
     stage0_noise: float = 0.0
-    # What the generate command makes by default: "samples" (random images at any size) or
-    # "animation" (GIFs of a random walk around the fixed noise, METHOD 4).
-    inference: str = "samples"
+    # What the generate command makes by default: "samples" (random images at any size),
+    # "animation" (GIFs of a random walk around the fixed noise, docs/method.md section 4) or "superres" (the
+    # training image enlarged by sr_factor, docs/method.md 5).
+    inference: Inference = "samples"
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name, kind in (("pyramid", Pyramid), ("stage0_fixed", Stage0Fixed), ("stage0_input", Stage0Input),
+                           ("inference", Inference)):
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(f"Mode {self.name}: {name} {getattr(self, name)!r} is not one of {get_args(kind)}")
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
-MODES: dict[str, Mode] = {
-    m.name: m
-    for m in (
+
+def _modes(*modes: Mode) -> Mapping[str, Mode]:
+    return MappingProxyType({m.name: m for m in modes})
+
+
+MODES: Mapping[str, Mode] = _modes(
         Mode("generation"),
         Mode("retarget", upsampled_border=False),
         Mode("animation", stage0_fixed="random", inference="animation", defaults={"min_size": 20}),
@@ -71,8 +89,13 @@ MODES: dict[str, Mode] = {
             stage0_noise=0.1,
             defaults={"niter": 1000, "batch_norm": True},
         ),
-    )
-}
+        # docs/method.md 5: trained on the low-resolution image, reconstruction weight 100, a geometric
+        # pyramid whose step the train command sets to the upsampling step (tasks/superres.py).
+        Mode("superres", pyramid="geometric", upsampled_border=False, inference="superres",
+             defaults={"alpha": 100.0}),
+        # docs/method.md 5: stage 0 trained on the stage-0 image quantised to paint_colors colours.
+        Mode("paint", upsampled_border=False, stage0_input="paint"),
+)
 
 ACTIVATIONS = ("lrelu", "elu", "prelu", "selu")
 # Far above any useful pyramid (the paper uses 6; sizes repeat long before 100 stages of one image),
@@ -97,6 +120,8 @@ REAL_SETTINGS = (
     ("lrelu_alpha", -1.0, 1.0, True, "a slope from -1 to 1 (paper: 0.05)"),
 )
 PRECISIONS = ("fp32", "bf16", "auto")
+MAX_SR_FACTOR = 64.0  # superres: an enlargement beyond this is a typo (x64 of 250 px is 16000 px)
+MAX_PAINT_COLORS = 64  # paint: a palette of more colours is no longer a painting
 
 
 def mode_of(name: str) -> Mode:
@@ -153,6 +178,11 @@ class Config:
     lrelu_alpha: float = 0.05
     batch_norm: bool = False
     manualSeed: int = 0
+    # superres mode: the enlargement the model is trained for; its pyramid step is sr_step(sr_factor)
+    # (docs/method.md 5). Other modes ignore it.
+    sr_factor: float = 4.0
+    # paint mode: colours of the palette the stage-0 image is quantised to (docs/method.md 5).
+    paint_colors: int = 5
 
     @property
     def mode(self) -> Mode:
@@ -239,6 +269,10 @@ class Config:
             (self.activation in ACTIVATIONS,
              f"unknown --activation {self.activation!r}; use one of: {', '.join(ACTIVATIONS)}"),
             (0 <= self.manualSeed <= MAX_SEED, f"--manualSeed {self.manualSeed} is out of range; use 0 to {MAX_SEED}"),
+            (math.isfinite(self.sr_factor) and 1 < self.sr_factor <= MAX_SR_FACTOR,
+             f"--sr_factor must be a number above 1 and at most {MAX_SR_FACTOR:g} (e.g. 2, 4 or 8), not {self.sr_factor}"),
+            (2 <= self.paint_colors <= MAX_PAINT_COLORS,
+             f"--paint_colors must be 2 to {MAX_PAINT_COLORS} (default 5), not {self.paint_colors}"),
         ]
         # NaN, inf or an absurd size would only show up later as a NaN loss, with advice that does not fit.
         for name, low, high, low_ok, what in REAL_SETTINGS:
@@ -270,7 +304,7 @@ class Config:
 
 
 # Named sets of settings applied over a mode's defaults (the user's own flags still win). "paper" is
-# METHOD's defaults. "fast" trains a 250-px generation model in about 13 min on a 2-core CPU with
+# the paper's defaults (docs/method.md). "fast" trains a 250-px generation model in about 13 min on a 2-core CPU with
 # bfloat16 instructions (paper: about 75 min). The stages below the top three keep all their iterations
 # and the paper's 3 D updates: they are cheap, and they set the layout and the diversity (halving their
 # iterations cost the most quality of all the schedules tried; 2 D updates there let a rocket run

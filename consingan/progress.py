@@ -1,18 +1,38 @@
-"""Per-stage progress: a rich bar on a terminal, plain lines otherwise (logs, CI, pipes)."""
+"""Progress: of training (callbacks for the engine: a rich bar on a terminal, plain lines otherwise),
+and of items written one batch at a time (count_progress)."""
 from __future__ import annotations
 
 import sys
 import time
 from typing import Mapping
 
+from .core.callbacks import Callbacks
+
 
 def _fmt_losses(losses: Mapping[str, float] | None) -> str:
     if not losses:
         return ""
-    return " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+    return " ".join(f"{k}={v:.4g}" for k, v in losses.items() if k != "lr_g")
 
 
-class PlainProgress:
+class StageProgress(Callbacks):
+    """The engine's events as start_stage / update / close calls."""
+
+    def on_stage_start(self, stage, num_stages, niter, first_iter):
+        self.start_stage(stage, num_stages, niter, first_iter)
+
+    def on_iteration(self, stage, iteration, logged):
+        self.update(iteration, logged)
+
+    def on_run_end(self, model):
+        self.close()
+
+    def start_stage(self, stage: int, num_stages: int, niter: int, start_iter: int = 0) -> None: ...
+    def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainProgress(StageProgress):
     """A line at the start of a stage, about ten lines during it, and one at its end."""
 
     def __init__(self, stream=None, lines_per_stage: int = 10):
@@ -41,14 +61,11 @@ class PlainProgress:
         print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} {shown}"
               f"elapsed {elapsed:.0f}s left {left:.0f}s", file=self.stream, flush=True)
 
-    def end_stage(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
 
-class RichProgress:
+class RichProgress(StageProgress):
     """A live bar per stage: stage k/N, iteration, latest logged losses, time left."""
 
     def __init__(self):
@@ -71,24 +88,14 @@ class RichProgress:
         fields = {"losses": _fmt_losses(losses)} if losses else {}
         self.progress.update(self.task, completed=iteration, **fields)
 
-    def end_stage(self) -> None:
-        pass
-
     def close(self) -> None:
         self.progress.stop()
 
 
-class NoProgress:
-    def start_stage(self, *a, **k) -> None: ...
-    def update(self, *a, **k) -> None: ...
-    def end_stage(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def make_progress(kind: str = "auto"):
-    """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none"."""
+def make_progress(kind: str = "auto") -> Callbacks | None:
+    """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none" (None)."""
     if kind == "none":
-        return NoProgress()
+        return None
     if kind == "auto" and sys.stdout.isatty():
         return RichProgress()
     return PlainProgress()

@@ -47,7 +47,7 @@ def test_harmonization_applies_at_most_one_transform_and_holes_independently(mon
     calls = []
 
     def recorder(name):
-        def f(x):
+        def f(x, rng=None, **kw):
             calls.append(name)
             return x
         return f
@@ -75,8 +75,8 @@ def test_harmonization_applies_at_most_one_transform_and_holes_independently(mon
 
 
 def test_harmonization_sees_float_levels_and_clamps_its_result(monkeypatch):
-    monkeypatch.setattr(augment, "colour_transform", lambda: None)
-    monkeypatch.setattr(augment, "holes", lambda x: x)
+    monkeypatch.setattr(augment, "colour_transform", lambda rng=None: None)
+    monkeypatch.setattr(augment, "holes", lambda x, **kw: x)
     x = torch.rand(1, 3, 5, 6) * 2 - 1  # levels between whole numbers
     seen = []
     monkeypatch.setattr(augment, "_from_levels", lambda v, f=augment._from_levels: seen.append(v) or f(v))
@@ -85,7 +85,7 @@ def test_harmonization_sees_float_levels_and_clamps_its_result(monkeypatch):
     assert not torch.equal(seen[0], seen[0].round())  # not rounded to whole levels
     assert (y - x).abs().max() < 1e-5
 
-    monkeypatch.setattr(augment, "holes", lambda v: torch.full_like(v, 256.0))  # a hole of colour 256
+    monkeypatch.setattr(augment, "holes", lambda v, **kw: torch.full_like(v, 256.0))  # a hole of colour 256
     outs = [augment.harmonization_augment(x) for _ in range(20)]
     assert any(torch.equal(o, torch.ones_like(o)) for o in outs) and all(o.max() <= 1 for o in outs)
 

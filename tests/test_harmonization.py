@@ -14,10 +14,11 @@ from consingan.api import fine_tune, train, write_harmonized
 from consingan.tasks.compose import write_composite
 from consingan.config import make_config
 from consingan.errors import ConSinGANWarning, UserError
-from consingan.tasks.harmonize import blend_reach, harmonize, mask_from_array, write_results
+from consingan.tasks.harmonize import harmonize, write_results
+from consingan.tasks.masks import blend_reach, mask_from_array
 from consingan.core.image import to_uint8
 from consingan.storage.image_files import read_image
-from consingan.core.engine import Trainer
+from consingan.core.engine import Engine
 from conftest import run_cli
 
 # Tiny runs; the training image is 40x60 so that pixels beyond editing's blend reach (40) exist.
@@ -215,7 +216,7 @@ def test_naive_image_needs_a_harmonization_or_editing_model(runs, tmp_path):
         train(image, train_mode="generation", naive=runs.naive, out_dir=tmp_path / "m", niter=1)
     assert not (tmp_path / "m").exists()
     config = make_config("generation", train_stages=2, train_depth=2, min_size=12, max_size=40, nfc=8, manualSeed=0)
-    trainer = Trainer(image, config)
+    trainer = Engine.start(image, config)
     for k in range(2):
         trainer.begin_stage(k)
     with pytest.raises(UserError, match="harmonization or editing"):

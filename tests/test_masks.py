@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from consingan.tasks.harmonize import _mask_tensor, mask_channel, mask_from_array, read_mask, soft_mask
+from consingan.tasks.masks import _mask_tensor, mask_channel, mask_from_array, read_mask, soft_mask
 
 
 def square_mask(h=40, w=60):

@@ -161,11 +161,12 @@ def test_training_image_truncates_to_levels_even_at_scale_one_and_resizes_by_sca
 def test_going_on_from_a_model_keeps_its_training_image():
     # model.real has been through training_image once; truncating it again would change the data.
     import consingan
-    from consingan.core.engine import RunOptions, Trainer
+    from consingan.core.engine import Engine
+    from consingan.tasks.harmonize import fine_tune_input
 
     img = (np.random.default_rng(4).random((30, 45, 3)) * 255).astype(np.uint8)
     model = consingan.train(img, device="cpu", train_stages=2, train_depth=2, niter=1, nfc=4, min_size=12,
                             max_size=40, manualSeed=0)
-    trainer = Trainer.from_model(model, RunOptions(device="cpu"))
+    trainer = Engine.fine_tune(model, fine_tune_input(model.real, model.config))
     assert torch.equal(trainer.real_full, model.real)
     assert all(torch.equal(a, b) for a, b in zip(trainer.reals, pyramid(model.real, model.config)))

@@ -261,11 +261,9 @@ def test_ctrl_c_after_a_nan_loss_keeps_the_last_good_checkpoint(tiny_image, tmp_
     monkeypatch.setattr(graphs_mod, "train_step", step)
     out = tmp_path / "run"
     config = consingan.make_config(**{**TINY, "niter": 200})  # log points every 10 iterations: none at 7 or 8
-    trainer = train_mod.Trainer(consingan.read_image(tiny_image), config,
-                                train_mod.RunOptions(out_dir=out, checkpoint_every=5))
     original = signal.getsignal(signal.SIGINT)
     with pytest.raises(train_mod.TrainingStopped, match="NaN or infinite at stage 0") as stop:
-        trainer.fit()
+        consingan.train(consingan.read_image(tiny_image), config, out_dir=out, checkpoint_every=5, device="cpu")
     assert signal.getsignal(signal.SIGINT) is original and calls["n"] == 8
     assert stop.value.exit_code == 1 and not stop.value.interrupted
     record = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -93,9 +93,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
 
     monkeypatch.setattr(graphs_mod, "train_step", failing_step)
     config = consingan.make_config(train_stages=3, niter=20, nfc=8, min_size=12, max_size=40, manualSeed=1)
-    options = train_mod.RunOptions(out_dir=tmp_path / "nan", checkpoint_every=3)
     with pytest.raises(train_mod.TrainingStopped, match="NaN"):
-        train_mod.Trainer(consingan.read_image(tiny_image), config, options).fit()
+        consingan.train(consingan.read_image(tiny_image), config, out_dir=tmp_path / "nan", checkpoint_every=3,
+                        device="cpu")
     record = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
     assert record["train"]["iteration"] == 6  # the last checkpoint before the bad loss
     assert all(torch.isfinite(v).all() for v in record["generator"].values())
@@ -104,9 +104,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_image, 
 def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
     """A generator whose every output pixel sits at tanh's limit gets no gradient and never recovers
     (a real failure on dark images such as hubble_deep_field): stop at the next log point and say what to do."""
-    from consingan.core.engine import RunOptions, Trainer, TrainingStopped
+    from consingan.core.engine import Engine, TrainingStopped
 
-    class Saturating(Trainer):
+    class Saturating(Engine):
         def begin_stage(self, k):
             super().begin_stage(k)
             with torch.no_grad():
@@ -115,11 +115,11 @@ def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
 
     config = consingan.make_config(train_stages=3, niter=300, nfc=8, min_size=12, max_size=40, manualSeed=1)
     with pytest.raises(TrainingStopped, match="saturated at stage 0, iteration 1.*--lr_g 1e-4") as stop:
-        Saturating(consingan.read_image(tiny_image), config, RunOptions(out_dir=tmp_path / "sat")).fit()
+        Saturating.start(consingan.read_image(tiny_image), config).run()
     assert stop.value.checkpoint is None  # nothing worth resuming
     # an ordinary run is not stopped by the check, nor is a training image that is itself all black
-    Trainer(consingan.read_image(tiny_image), config.replace(niter=2), RunOptions()).fit()
-    Saturating(-torch.ones(1, 3, 30, 45), config.replace(niter=2), RunOptions()).fit()
+    Engine.start(consingan.read_image(tiny_image), config.replace(niter=2)).run()
+    Saturating.start(-torch.ones(1, 3, 30, 45), config.replace(niter=2)).run()
 
 
 def bad(*args):

@@ -4,12 +4,14 @@ import warnings
 
 import pytest
 import torch
+
+import consingan
 import torch.nn.functional as F
 
 from consingan.config import make_config
 from consingan.core.networks import Conv2d, Discriminator, Generator, set_fast_kernels
 from consingan.core.step import StageState, plain_step, train_step
-from consingan.core.engine import RunOptions, Trainer, g_param_groups, make_optimizers
+from consingan.core.engine import Engine, EngineOptions, g_param_groups, make_optimizers
 
 
 def grown(config, n):
@@ -90,7 +92,7 @@ def _iterations_per_stage(c, tmp_path) -> dict[int, int]:
     """Train ``c`` on a small random image; the last iteration logged for each stage."""
     import json
 
-    Trainer(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    consingan.train(torch.rand(1, 3, 20, 30) * 2 - 1, c, out_dir=tmp_path, device="cpu")
     last = {}
     for line in (tmp_path / "log.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -122,13 +124,13 @@ def test_Dsteps_stages_sets_each_stages_discriminator_updates(tmp_path):
     assert [c.stage_Dsteps(k) for k in range(3)] == [3, 2, 1] and c.for_stage(1).Dsteps == 2
     steps = {}
 
-    class Counting(Trainer):
-        def _run_stage(self, writer):
-            super()._run_stage(writer)
+    class Counting(Engine):
+        def _run_stage(self):
+            super()._run_stage()
             opt_d = self.optim[0]
             steps[self.stage] = int(opt_d.state[opt_d.param_groups[0]["params"][0]]["step"])
 
-    Counting(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    Counting.start(torch.rand(1, 3, 20, 30) * 2 - 1, c).run()
     assert steps == {0: 2 * 3, 1: 2 * 2, 2: 2 * 1}
     assert Config.from_dict(json.loads(c.to_json())) == c
     assert [c.replace(Dsteps=5).stage_Dsteps(k) for k in range(3)] == [3, 2, 1]  # the per-stage values win
@@ -159,7 +161,7 @@ def test_noise_amplitude_follows_rmse_rule():
     torch.manual_seed(0)
     c = make_config("generation", nfc=4, train_stages=3, min_size=12, max_size=40, noise_amp=0.1)
     image = torch.rand(1, 3, 30, 40) * 2 - 1
-    t = Trainer(image, c, RunOptions(channels_last=False))
+    t = Engine.start(image, c, EngineOptions(channels_last=False))
     t.begin_stage(0)
     t.begin_stage(1)
     assert t.amps[0] == 1.0
@@ -173,7 +175,7 @@ def test_noise_amplitude_follows_rmse_rule():
 def _stage_state(mode, seed=0, device="cpu", channels_last=False, **kw):
     torch.manual_seed(seed)
     c = make_config(mode, nfc=8, train_stages=3, min_size=12, max_size=40, niter=10, manualSeed=seed, **kw)
-    t = Trainer(torch.rand(1, 3, 30, 40) * 2 - 1, c, RunOptions(device=device, channels_last=channels_last))
+    t = Engine.start(torch.rand(1, 3, 30, 40) * 2 - 1, c, EngineOptions(device=device, channels_last=channels_last))
     for k in range(3):
         t.begin_stage(k)
     opt_d, opt_g, _, _ = t.optim
@@ -379,13 +381,13 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
     at lr_g, lr_g*lr_scale, lr_g*lr_scale^2, the head when top < train_depth, the tail), and runs 2000
     iterations unless told otherwise, whatever the model was trained with."""
     from consingan import api
-    from consingan.tasks.harmonize import fine_tune_trainer
+    from consingan.tasks.harmonize import fine_tune_input
 
     c = make_config("harmonization", nfc=4, niter=1, train_stages=3, min_size=12, max_size=24, manualSeed=3,
                     lr_g=1e-3)
     real = torch.rand(1, 3, 24, 24) * 2 - 1
     model = api.train(real, c, device="cpu", out_dir=tmp_path / "m")
-    trainer = fine_tune_trainer(model, real, RunOptions())
+    trainer = Engine.fine_tune(model, fine_tune_input(real, model.config))
     lr_of = {id(p): g["lr"] for g in trainer.optim[1].param_groups for p in g["params"]}
     G = trainer.G
     expected = {**{i: 1e-3 * 0.01 for i in ids(G.body[0])}, **{i: 1e-3 * 0.1 for i in ids(G.body[1])},
@@ -395,8 +397,7 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
     assert all(lr_of[i] == pytest.approx(expected[i]) for i in expected)
 
     seen = {}
-    monkeypatch.setattr(Trainer, "fit", lambda self: seen.setdefault("niter", self.config.stage_niter(self.stage)))
-    monkeypatch.setattr(api, "_finish", lambda model, out: model)
+    monkeypatch.setattr(api, "_run", lambda make, *a, **k: seen.setdefault("niter", make([]).config.stage_niter(2)))
     api.fine_tune(tmp_path / "m", real, out_dir=tmp_path / "ft", device="cpu")
     assert seen["niter"] == 2000
     seen.clear()
@@ -409,7 +410,7 @@ def test_losses_are_logged_at_least_twenty_times_per_stage(tmp_path):
 
     assert [log_interval(n) for n in (100, 2000, 10000, 7)] == [5, 100, 250, 1]
     c = make_config("generation", nfc=4, niter=40, train_stages=2, min_size=12, max_size=24, manualSeed=1)
-    Trainer(torch.rand(1, 3, 20, 30) * 2 - 1, c, RunOptions(out_dir=tmp_path)).fit()
+    consingan.train(torch.rand(1, 3, 20, 30) * 2 - 1, c, out_dir=tmp_path, device="cpu")
     import json
 
     rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

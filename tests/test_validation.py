@@ -350,7 +350,7 @@ def test_the_untouched_record_passes_the_checks(tiny):
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", b"\xff\xfe\x00"])
 def test_resume_with_a_corrupted_config_json(tiny, tmp_path, content):
-    from consingan.core.engine import CHECKPOINT_FILE, CHECKPOINT_FORMAT
+    from consingan.storage.rundir import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
     run = tmp_path / "run"
     run.mkdir()
@@ -365,7 +365,7 @@ def test_resume_with_a_corrupted_config_json(tiny, tmp_path, content):
 
 
 def test_resume_of_a_checkpoint_with_nan_amplitudes(tiny, tmp_path):
-    from consingan.core.engine import CHECKPOINT_FILE, CHECKPOINT_FORMAT
+    from consingan.storage.rundir import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
     run = tmp_path / "run"
     run.mkdir()

@@ -1,50 +1,55 @@
-"""The stage loop (METHOD 3): grow, set the noise amplitude, train the top stages, save, repeat.
+"""The training engine (docs/method.md section 3): grow, set the noise amplitude, train the top stages,
+repeat. One loop serves every task mode (what differs comes from ``config.mode``), fine-tuning (only
+the top stage trains) and going on from a saved training state.
 
-One loop serves every task mode (what differs comes from ``config.mode``), fine-tuning (only the top
-stage trains) and resuming (the loop starts from a checkpoint's stage and iteration).
+The engine writes no files and handles no signals. It reports through callbacks (core/callbacks.py):
+the run directory, progress, previews and Ctrl-C handling are attached by the API. Its randomness
+comes from the run's own generators (core/rng.py), so the library leaves torch's global generators
+alone. Stop rules that belong to training (a non-finite loss, a saturated generator) stay here.
+
+    engine = Engine.start(image, config, EngineOptions(device="cpu"), callbacks=[...])
+    model = engine.run()            # or from another thread: engine.stop()
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
-import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import Config
 from ..errors import ConSinGANWarning, UserError
+from .callbacks import CallbackList, Callbacks
 from .graphs import make_step
 from .image import grid, pyramid, training_image
-from ..storage.image_files import save_image
 from .model import Model
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
-from ..progress import NoProgress
-from .runtime import cpu_has_bf16, resolve_precision, tune_cpu_allocator
+from .rng import Rngs
+from .runtime import cpu_has_bf16, resolve_precision
 from .step import StageState
 
-LOG_EVERY = 250  # loss scalars to log.jsonl (METHOD 3), at the latest
+LOG_EVERY = 250  # logged losses (log.jsonl, progress), at the latest (docs/method.md section 3) ...
 LOGS_PER_STAGE = 20  # ... and at least this often per stage, so that a short run shows recent losses
-IMAGES_EVERY = 500  # a sample and a reconstruction into the stage folder (METHOD 3)
+IMAGES_EVERY = 500  # a sample and a reconstruction of the stage (on_image)
 CHECKPOINT_EVERY = 250
-GRID_SAMPLES = 10
 # A reconstruction whose every pixel is this close to -1 or 1 counts as saturated (seen: a run whose
 # stage-0 output sat below -0.996 everywhere, its loss unchanged for 1750 iterations, then exactly -1).
 SATURATION_MARGIN = 1e-3
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = "consingan-checkpoint"
 
-# stage0_input(real0) -> the stage-0 input of one iteration (harmonization/editing augmentation).
-Stage0Input = Callable[[torch.Tensor], torch.Tensor]
+# The training state record (what a checkpoint adds to the model): its own format and version.
+STATE_FORMAT = "consingan-training-state"
+STATE_VERSION = 1
+
+# stage0_input(real0, rng) -> the stage-0 input of one iteration (harmonization/editing augmentation,
+# fine-tuning's naive image); it draws only from ``rng``.
+Stage0Input = Callable[[torch.Tensor, Rngs], torch.Tensor]
 
 
 def log_interval(niter: int) -> int:
@@ -54,14 +59,15 @@ def log_interval(niter: int) -> int:
 
 
 class TrainingStopped(Exception):
-    """Training stopped early (Ctrl-C, SIGTERM, a non-finite loss, a saturated generator, a full disk); a
-    checkpoint to resume from may exist.
+    """Training stopped early (a stop request, a non-finite loss, a saturated generator, a full disk).
 
-    ``exit_code``: what the command line exits with (130 Ctrl-C, 143 SIGTERM, 1 otherwise).
-    ``resume_hint``: False when the message already says how to go on.
+    ``checkpoint``: the checkpoint to go on from, when the caller that stores them set it.
+    ``interrupted``: stopped on request (Ctrl-C, SIGTERM, stop()). ``exit_code``: what the command line
+    exits with (130 Ctrl-C, 143 SIGTERM, 1 otherwise). ``resume_hint``: False when the message already
+    says how to go on.
     """
 
-    def __init__(self, message: str, checkpoint: Path | None, interrupted: bool = False,
+    def __init__(self, message: str, checkpoint=None, interrupted: bool = False,
                  exit_code: int | None = None, resume_hint: bool = True):
         super().__init__(message)
         self.checkpoint = checkpoint
@@ -70,50 +76,23 @@ class TrainingStopped(Exception):
         self.resume_hint = resume_hint
 
 
-def resume_command(out_dir: Path) -> str:
-    return f"python main_train.py --resume {out_dir}"
-
-
-def no_space_stop(exc: BaseException, out_dir: Path | None, kept: str | None) -> TrainingStopped:
-    """A full disk while training: what was kept and how to go on (``kept``: the checkpoint left, or None)."""
-    from ..storage.outputs import NoSpace
-
-    where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or out_dir or ".").where
-    if kept is None:
-        advice = "no checkpoint was written yet, so there is nothing to resume: free space and train again"
-        return TrainingStopped(f"no space left on {where}; {advice}", None, resume_hint=False)
-    return TrainingStopped(f"no space left on {where}; kept {kept}, free space and resume with: "
-                           f"{resume_command(out_dir)}", out_dir / CHECKPOINT_FILE, resume_hint=False)
-
-
 @dataclass(frozen=True)
-class RunOptions:
-    """How to run a training job (not part of the model): device, outputs, speed options."""
+class EngineOptions:
+    """How to run (not part of the model): the device and speed options that keep the numbers."""
 
     device: str = "cpu"
-    out_dir: Path | None = None  # None: write nothing
     channels_last: bool = True  # same numbers, faster convolutions on CPU and GPU
     checkpoint_every: int = CHECKPOINT_EVERY
-    tune_allocator: bool = True  # CPU: keep freed memory for reuse (runtime.py); same numbers
     # GPU: replay each iteration from a CUDA graph (graphs.py); same numbers. CONSINGAN_CUDA_GRAPHS=0: off.
     cuda_graphs: bool = field(default_factory=lambda: os.environ.get("CONSINGAN_CUDA_GRAPHS", "1") != "0")
-    # preview(partial model) -> {file name: image}, written into each stage's folder at its end
-    # (harmonization/editing: the result on the naive image given with --naive_img).
-    preview: Callable[[Model], dict[str, torch.Tensor]] | None = None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def g_param_groups(G: Generator, config: Config, stage: int) -> list[dict]:
-    """Parameters trained at ``stage`` and their learning rates (METHOD 3); freezes the rest.
+    """Parameters trained at ``stage`` and their learning rates (docs/method.md section 3); freezes the rest.
 
     The newest train_depth stages train with lr_g * lr_scale**(distance from the top); the head
     while stage < train_depth with lr_g * lr_scale**stage; the tail always with lr_g. Fine-tuning
-    uses the same groups for the top stage (METHOD 4), as the reference does.
+    uses the same groups for the top stage (docs/method.md section 4), as the reference does.
     """
     G.requires_grad_(False)
     trained = list(G.body)[-config.train_depth:]
@@ -152,188 +131,185 @@ def make_optimizers(G: Generator, D: Discriminator, config: Config, stage: int):
 
 @torch.no_grad()
 def noise_amplitude(G: Generator, config: Config, fixed: list, shapes: list, amps: list, real: torch.Tensor) -> float:
-    """amp[k] = noise_amp * RMSE(reconstruction with amp[k] = 0, real_k) (METHOD 3)."""
+    """amp[k] = noise_amp * RMSE(reconstruction with amp[k] = 0, real_k) (docs/method.md section 3)."""
     rec = G(fixed, shapes, list(amps[:-1]) + [0.0])
     return config.noise_amp * float(torch.sqrt(F.mse_loss(rec, real)))
 
 
-class StageWriter:
-    """The model directory's stage folders and log.jsonl (does nothing without an out_dir)."""
+class Engine:
+    """Trains stages ``stage..top`` of a model, one iteration after another. Make one with
+    ``Engine.start`` (a new model), ``Engine.restore`` (a saved training state) or
+    ``Engine.fine_tune`` (train a model's top stage again), then ``run()``."""
 
-    def __init__(self, out_dir: Path | None):
-        self.out_dir = out_dir
-        self.log = None
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.log = open(out_dir / "log.jsonl", "a", encoding="utf-8")
-
-    def log_losses(self, stage: int, iteration: int, losses: dict[str, float], lr_g: float) -> None:
-        if self.log:
-            self.log.write(json.dumps({"stage": stage, "iter": iteration, **losses, "lr_g": lr_g}) + "\n")
-            self.log.flush()
-
-    def image(self, stage: int, name: str, image: torch.Tensor) -> None:
-        if self.out_dir is not None:
-            save_image(image, self.out_dir / str(stage) / name)
-
-    def close(self) -> None:
-        if self.log:
-            self.log.close()
-
-
-def _on_stop_signals(callback: Callable[[int], None]) -> Callable[[], None]:
-    """Route Ctrl-C (SIGINT) and SIGTERM (what batch schedulers, containers and cluster managers send)
-    to ``callback(signum)`` (main thread only); returns the function that undoes it. A second signal
-    stops at once: KeyboardInterrupt for Ctrl-C, exit status 143 for SIGTERM."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    signums = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
-    previous = {s: signal.getsignal(s) for s in signums}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    def handler(signum, frame):
-        if getattr(handler, "fired", False):
-            restore()
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
-        handler.fired = True
-        callback(signum)
-
-    for s in signums:
-        signal.signal(s, handler)
-    return restore
-
-
-class Trainer:
-    """Runs stages ``first_stage..top`` of a model, one iteration after another.
-
-    Usage: ``Trainer(image, config, options).fit()``; ``Trainer.resume(dir, options).fit()``; fine-tuning:
-    ``harmonize.fine_tune_trainer``.
-    """
-
-    def __init__(self, image: torch.Tensor, config: Config, options: RunOptions = RunOptions(),
-                 progress=None, stage0_input: Stage0Input | None = None):
+    def __init__(self, config: Config, real: torch.Tensor, G: Generator, rng: Rngs,
+                 options: EngineOptions = EngineOptions(), callbacks: Iterable[Callbacks] = (),
+                 stage0_input: Stage0Input | None = None):
+        """Use the constructors. ``real``: the training image (after max_size); ``G`` on the CPU."""
         self.device = torch.device(options.device)
         self.config = config = resolve_precision(config, self.device)
         self.options = options
-        self.progress = progress or NoProgress()
+        self.callbacks = CallbackList(callbacks)
         self.stage0_input = stage0_input
-        if self.device.type == "cpu" and options.tune_allocator:
-            tune_cpu_allocator()
+        self.rng = rng
         if self.device.type == "cpu" and config.precision == "bf16" and cpu_has_bf16() is False:
             warnings.warn("--precision bf16: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so "
                           "bfloat16 is emulated and likely slower than the default --precision fp32",
-                          ConSinGANWarning, stacklevel=2)
+                          ConSinGANWarning, stacklevel=3)
         self.fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.real_full = training_image(image, config).to(self.device)
+        self.real_full = real.to(self.device)
         self.reals = [self._layout(r) for r in pyramid(self.real_full, config)]
         self.shapes = [tuple(r.shape[-2:]) for r in self.reals]
-        self.G = Generator(config).to(self.device, memory_format=self.fmt)
+        self.G = G.to(self.device, memory_format=self.fmt)
         self.D: Discriminator | None = None
         self.fixed: list[torch.Tensor] = []
         self.amps: list[float] = []
         self.stage = 0  # the stage being trained
         self.iteration = 0  # iterations of that stage completed
-        self.only_top = False
+        self.only_top = False  # fine-tuning: the top stage only
         self.optim = None  # (opt_d, opt_g, sched_d, sched_g) of the current stage
         self.train_seconds = 0.0
         self.stage_ready = False  # True when begin_stage has run for self.stage
         self.finite = None  # device bool: every loss of the running stage so far was finite
         self.finite_at = (0, 0)  # (stage, iteration) that self.finite covers up to
-        self.last_checkpoint: tuple[int, int] | None = None  # (stage, iteration) of the checkpoint on disk
-        self.stop_requested = False
-        self.stop_signal: int | None = None
+        self._stop = threading.Event()
+
+    # --- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def start(cls, image: torch.Tensor, config: Config, options: EngineOptions = EngineOptions(),
+              callbacks: Iterable[Callbacks] = (), stage0_input: Stage0Input | None = None) -> "Engine":
+        """A new model of ``image`` (1x3xHxW in [-1, 1], any size: resized to max_size), seeded by
+        ``config.manualSeed``."""
+        config = resolve_precision(config, torch.device(options.device))
+        rng = Rngs.seeded(config.manualSeed, options.device)
+        G = rng.build(lambda: Generator(config))
+        return cls(config, training_image(image, config), G, rng, options, callbacks, stage0_input)
+
+    @classmethod
+    def _of_model(cls, model: Model, rng: Rngs, options: EngineOptions, callbacks, stage0_input) -> "Engine":
+        """An engine holding a (partly) trained model's networks and noise, at its top stage."""
+        if model.D_state is None:
+            raise UserError("the model holds no discriminator weights, so it cannot be trained further")
+        config, n = resolve_precision(model.config, torch.device(options.device)), len(model.amps)
+        # The networks are built from the run's generator, as they always were (three builds: the
+        # numbers of a fine-tuning run depend on the draws they take).
+        rng.build(lambda: Generator(config))
+        G = rng.build(lambda: Generator(config))
+        for _ in range(n - 1):
+            G.grow()
+        G.load_state_dict(model.G.state_dict())
+        # model.real is the training image already: training_image's truncation must not act twice.
+        engine = cls(config, model.real, G, rng, options, callbacks, stage0_input)
+        engine.D = rng.build(lambda: Discriminator(config)).to(engine.device, memory_format=engine.fmt)
+        engine.D.load_state_dict(model.D_state)
+        engine.fixed = [engine._layout(z.to(engine.device)) for z in model.fixed]
+        engine.amps = list(model.amps)
+        engine.stage = n - 1
+        return engine
+
+    @classmethod
+    def fine_tune(cls, model: Model, stage0_input: Stage0Input, options: EngineOptions = EngineOptions(),
+                  callbacks: Iterable[Callbacks] = ()) -> "Engine":
+        """Train the top stage of ``model`` again for ``model.config.niter`` iterations with
+        ``stage0_input`` at stage 0 (docs/method.md section 4): its normal optimizer groups (the top
+        train_depth stages at lr_g, lr_g*lr_scale, ...; the head below train_depth; the tail), D from
+        its saved weights, the model's fixed noise and amplitudes; the older stages stay bitwise the
+        same. Seeded by ``model.config.manualSeed``."""
+        rng = Rngs.seeded(model.config.manualSeed, options.device)
+        engine = cls._of_model(model, rng, options, callbacks, stage0_input)
+        engine.only_top = True
+        engine.optim = make_optimizers(engine.G, engine.D, engine.config, engine.stage)
+        engine.stage_ready, engine.iteration = True, 0
+        return engine
+
+    @classmethod
+    def restore(cls, model: Model, state: dict[str, Any], options: EngineOptions = EngineOptions(),
+                callbacks: Iterable[Callbacks] = (), stage0_input: Stage0Input | None = None,
+                where: Any = "the checkpoint") -> "Engine":
+        """The engine as it was when ``state`` (``training_state()``) was taken of it with ``model``."""
+        state = read_training_state(state, where)
+        rng = Rngs.seeded(model.config.manualSeed, options.device)
+        engine = cls._of_model(model, rng, options, callbacks, stage0_input)
+        engine.stage, engine.iteration = int(state["stage"]), int(state["iteration"])
+        engine.stage_ready, engine.only_top = bool(state["stage_ready"]), bool(state["only_top"])
+        engine.train_seconds = float(state["train_seconds"])
+        if engine.stage_ready:
+            engine.optim = make_optimizers(engine.G, engine.D, engine.config, engine.stage)
+            opt_d, opt_g, sched_d, sched_g = engine.optim
+            try:
+                opt_d.load_state_dict(state["opt_d"])
+                opt_g.load_state_dict(state["opt_g"])
+            except ValueError:  # a fine-tune checkpoint of a version that trained body[-1] alone
+                raise UserError(f"{where} was written by an older consingan whose optimizer groups differ; "
+                                "start this training or fine-tuning again") from None
+            sched_d.load_state_dict({**state["sched_d"], "milestones": sched_d.milestones})
+            sched_g.load_state_dict({**state["sched_g"], "milestones": sched_g.milestones})
+        engine.rng.restore(state["rng"])
+        return engine
 
     def _layout(self, t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=self.fmt)
 
-    # --- stages -------------------------------------------------------------------------------
+    # --- control --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the run to stop after the running iteration, at a checkpoint (any thread; a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # --- stages ---------------------------------------------------------------------------------
     def begin_stage(self, k: int) -> None:
-        """Grow G, start D from the previous stage's D, draw the fixed noise, set amp[k] (METHOD 3)."""
+        """Grow G, start D from the previous stage's D, draw the fixed noise, set amp[k] (docs/method.md 3)."""
         c = self.config
-        D_new = Discriminator(c).to(self.device, memory_format=self.fmt)
+        D_new = self.rng.build(lambda: Discriminator(c)).to(self.device, memory_format=self.fmt)
         if self.D is not None:
             D_new.load_state_dict(self.D.state_dict())
             self.G.grow()
         self.D = D_new
-        self.fixed.append(self._layout(fixed_noise(c, k, self.reals)))
+        self.fixed.append(self._layout(fixed_noise(c, k, self.reals, self.rng.device)))
         self.amps.append(1.0 if k == 0 else 0.0)
         if k > 0:
             self.amps[k] = noise_amplitude(self.G, c, self.fixed, self.shapes[:k + 1], self.amps, self.reals[k])
         self.optim = make_optimizers(self.G, self.D, c, k)
         self.stage, self.iteration, self.stage_ready = k, 0, True
 
-    def fit(self) -> Model:
-        """Train (or go on training) up to the top stage and return the model.
+    def run(self) -> Model:
+        """Train (or go on training) up to the top stage and return the model. A stop request
+        finishes the running iteration, hands out a checkpoint and raises TrainingStopped."""
+        self.callbacks.on_run_start(len(self.reals))
+        for k in range(self.stage, len(self.reals)):
+            if not (self.stage_ready and self.stage == k):
+                self.begin_stage(k)
+            self._run_stage()
+            self.stage_ready = False
+            if k + 1 < len(self.reals):
+                self.stage = k + 1
+                self._checkpoint()
+        model = self.model(final=True)
+        self.callbacks.on_run_end(model)
+        return model
 
-        Ctrl-C or SIGTERM finishes the running iteration, writes a checkpoint and raises TrainingStopped;
-        so does a full disk (keeping the last checkpoint written).
-        """
-        from ..storage.outputs import is_no_space
-
-        self.stop_requested, self.stop_signal = False, None
-        restore_signals = _on_stop_signals(self._request_stop)
-        writer = None
-        try:
-            writer = StageWriter(self.options.out_dir)
-            for k in range(self.stage, len(self.reals)):
-                if not (self.stage_ready and self.stage == k):
-                    self.begin_stage(k)
-                self._run_stage(writer)
-                self.stage_ready = False
-                if k + 1 < len(self.reals):
-                    self.stage = k + 1
-                    self.save_checkpoint()
-        except (OSError, UserError) as exc:
-            if not is_no_space(exc):
-                raise
-            raise no_space_stop(exc, self.options.out_dir, self.checkpoint_kept()) from None
-        finally:
-            restore_signals()
-            if writer is not None:
-                writer.close()
-            self.progress.close()
-        return self.model(final=True)
-
-    def checkpoint_kept(self) -> str | None:
-        """The checkpoint on disk, in words (None: none written yet)."""
-        path = self.checkpoint_path()
-        if self.last_checkpoint is None or path is None or not path.exists():
-            return None
-        stage, iteration = self.last_checkpoint
-        return f"the checkpoint of stage {stage}, iteration {iteration} ({path})"
-
-    def _request_stop(self, signum: int | None = None) -> None:
-        self.stop_requested = True
-        self.stop_signal = signum
-
-    def _run_stage(self, writer: StageWriter) -> None:
+    def _run_stage(self) -> None:
         k = self.stage
         c = self.config.for_stage(k)  # the step and its inputs follow the stage's Dsteps
         opt_d, opt_g, sched_d, sched_g = self.optim
         state = StageState(c, self.G, self.D, opt_g, opt_d, self.reals[k], list(self.shapes[:k + 1]),
                            list(self.amps), self.fixed)
-        if self.iteration == 0:
-            writer.image(k, "real.png", self.reals[k])
         self.G.train()
         niter = c.stage_niter(k)
         log_every = log_interval(niter)
-        self.progress.start_stage(k, len(self.reals), niter, self.iteration)
+        self.callbacks.on_stage_start(k, len(self.reals), niter, self.iteration)
+        if self.iteration == 0:
+            self.callbacks.on_image(k, "real.png", self.reals[k])
         step = make_step(state, self.device, self.options.cuda_graphs)
         finite = self.finite = torch.ones((), dtype=torch.bool, device=self.device)
         t0 = time.perf_counter()
         try:
             while self.iteration < niter:
-                noise = random_noise(c, state.shapes, self.device,
-                                     stage0=self.stage0_input(self.reals[0]) if self.stage0_input else None)
-                gp_alphas = torch.rand(c.Dsteps, device=self.device)
+                stage0 = self.stage0_input(self.reals[0], self.rng) if self.stage0_input else None
+                noise = random_noise(c, state.shapes, self.device, self.rng.device, stage0=stage0)
+                gp_alphas = torch.rand(c.Dsteps, device=self.device, generator=self.rng.device)
                 losses = step([self._layout(z) for z in noise], gp_alphas, self.iteration)
                 sched_d.step()
                 sched_g.step()
@@ -344,7 +320,7 @@ class Trainer:
                 logged = None
                 if done % log_every == 0 or done % IMAGES_EVERY == 0 or done == niter or done == 1:
                     logged = {name: float(v) for name, v in losses.items()}  # a host sync: only here
-                    writer.log_losses(k, done, logged, opt_g.param_groups[0]["lr"])
+                    logged["lr_g"] = opt_g.param_groups[0]["lr"]
                 if done % self.options.checkpoint_every == 0 or done == niter or logged:
                     self._check_finite()
                 # Every image point is a log point: the reconstruction is computed once for both.
@@ -354,40 +330,27 @@ class Trainer:
                         f"the generator's output saturated at stage {k}, iteration {done}: every pixel of the "
                         "reconstruction is at -1 or 1, where tanh passes (almost) no gradient, so training does "
                         "not recover. Very dark or very bright images can do this; train again with lower "
-                        "learning rates (e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed", None)
+                        "learning rates (e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed")
                 if done % IMAGES_EVERY == 0 or done == niter:
-                    writer.image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
-                    writer.image(k, f"reconstruction_iter_{done}.png", rec)
-                if done % self.options.checkpoint_every == 0 and done < niter:
+                    self.callbacks.on_image(k, f"fake_iter_{done}.png", self._sample_image(state, done))
+                    self.callbacks.on_image(k, f"reconstruction_iter_{done}.png", rec)
+                stopping = self.stop_requested or self.callbacks.should_stop()
+                if (done % self.options.checkpoint_every == 0 and done < niter) or stopping:
                     self.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    self.save_checkpoint()
-                self.progress.update(done, logged)
-                if self.stop_requested:
-                    self.train_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    path = self.save_checkpoint()  # checks the losses first: NaN weights never replace good ones
-                    by = " by SIGTERM" if self.stop_signal == getattr(signal, "SIGTERM", None) else ""
-                    raise TrainingStopped(f"interrupted{by} at stage {k}, iteration {done}", path, interrupted=True,
-                                          exit_code=128 + self.stop_signal if self.stop_signal else 130)
+                    self._checkpoint()  # checks the losses first: NaN weights are never handed out
+                self.callbacks.on_iteration(k, done, logged)
+                if stopping:
+                    raise TrainingStopped(f"interrupted at stage {k}, iteration {done}", interrupted=True)
         finally:
             self.train_seconds += time.perf_counter() - t0
-        self.progress.end_stage()
-        if self.options.out_dir is not None:
-            from ..tasks.sampling import generate, reconstruct
-
-            model = self.model()
-            samples = generate(model, GRID_SAMPLES, seed=k)  # a local generator: training's RNG is untouched
-            writer.image(k, "reconstruction.png", reconstruct(model))
-            writer.image(k, "samples_grid.png", grid(samples, columns=5))
-            for name, image in (self.options.preview(model) if self.options.preview else {}).items():
-                writer.image(k, name, image)
-            self.G.train()
+        self.callbacks.on_stage_end(k, self.model())
+        self.G.train()  # stage-end callbacks may have sampled (eval mode)
 
     @torch.no_grad()
     def _sample_image(self, state: StageState, iteration: int) -> torch.Tensor:
         g = torch.Generator(device=self.device)
-        g.manual_seed(iteration)  # a local generator: training's RNG is untouched
+        g.manual_seed(iteration)  # a local generator: training's draws are untouched
         return self.G(random_noise(self.config, state.shapes, self.device, g), state.shapes, state.amps)
 
     @torch.no_grad()
@@ -405,103 +368,50 @@ class Trainer:
         n = len(self.amps)
         meta = {"train_seconds": round(self.train_seconds, 3), "device": str(self.device)} if final else {}
         return Model(self.config, self.G, list(self.fixed), list(self.amps), list(self.shapes[:n]),
-                         self.real_full, D_state=self.D.state_dict(), meta=meta)
+                     self.real_full, D_state=self.D.state_dict(), meta=meta)
 
-    # --- checkpoints --------------------------------------------------------------------------
-    def checkpoint_path(self) -> Path | None:
-        return None if self.options.out_dir is None else self.options.out_dir / CHECKPOINT_FILE
-
+    # --- checkpoints ----------------------------------------------------------------------------
     def _check_finite(self) -> None:
-        """Stop (keeping the checkpoint on disk) when a loss of the running stage was NaN or infinite."""
+        """Stop when a loss of the running stage was NaN or infinite (the last checkpoint stays)."""
         if self.finite is not None and not bool(self.finite):  # a host sync: only at log and checkpoint points
             k, done = self.finite_at
             raise TrainingStopped(
                 f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
-                "(lower --lr_g/--lr_d or change the seed)", self.checkpoint_path())
+                "(lower --lr_g/--lr_d or change the seed)")
 
-    def save_checkpoint(self) -> Path | None:
-        """Everything needed to go on exactly where training is now, written atomically. Never written
-        when a loss since the last check was not finite (TrainingStopped, the previous checkpoint kept)."""
-        from ..storage.model_file import atomic_save, to_record
-
-        path = self.checkpoint_path()
-        if path is None:
-            return None
+    def _checkpoint(self) -> None:
         self._check_finite()
-        record = to_record(self.model())
-        record["format"] = CHECKPOINT_FORMAT
-        opt_d, opt_g, sched_d, sched_g = self.optim
-        without_milestones = lambda s: {k: v for k, v in s.state_dict().items() if k != "milestones"}  # noqa: E731
-        record["train"] = {
-            "stage": self.stage, "iteration": self.iteration, "stage_ready": self.stage_ready,
-            "only_top": self.only_top, "train_seconds": self.train_seconds,
-            "opt_d": opt_d.state_dict(), "opt_g": opt_g.state_dict(),
-            "sched_d": without_milestones(sched_d), "sched_g": without_milestones(sched_g),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
-        atomic_save(record, path)
-        self.last_checkpoint = (self.stage, self.iteration if self.stage_ready else 0)
-        return path
+        self.callbacks.write_checkpoint(lambda: (self.model(), self.training_state()))
+        self.callbacks.on_checkpoint(self.stage, self.iteration if self.stage_ready else 0)
 
-    @classmethod
-    def resume(cls, out_dir: Path, options: RunOptions, progress=None,
-               stage0_input: Stage0Input | None = None) -> "Trainer":
-        """A trainer in the state of ``out_dir/checkpoint.pt``."""
-        from ..storage.model_file import from_record, read_record
-
-        record = read_record(Path(out_dir) / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)
-        model = from_record(record, device="cpu", path=Path(out_dir) / CHECKPOINT_FILE)
-        t = record["train"]
-        trainer = cls.from_model(model, options, progress, stage0_input)
-        trainer.stage, trainer.iteration = int(t["stage"]), int(t["iteration"])
-        trainer.stage_ready, trainer.only_top = bool(t["stage_ready"]), bool(t["only_top"])
-        trainer.train_seconds = float(t["train_seconds"])
-        trainer.last_checkpoint = (trainer.stage, trainer.iteration if trainer.stage_ready else 0)
-        if trainer.stage_ready:
-            trainer.optim = make_optimizers(trainer.G, trainer.D, trainer.config, trainer.stage)
-            opt_d, opt_g, sched_d, sched_g = trainer.optim
-            try:
-                opt_d.load_state_dict(t["opt_d"])
-                opt_g.load_state_dict(t["opt_g"])
-            except ValueError:  # a fine-tune checkpoint of a version that trained body[-1] alone
-                raise UserError(f"{out_dir} was written by an older consingan whose optimizer groups differ; "
-                                "start this training or fine-tuning again") from None
-            sched_d.load_state_dict({**t["sched_d"], "milestones": sched_d.milestones})
-            sched_g.load_state_dict({**t["sched_g"], "milestones": sched_g.milestones})
-        torch.set_rng_state(t["rng_cpu"])
-        if trainer.device.type == "cuda" and t.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(t["rng_cuda"], trainer.device)
-        return trainer
-
-    @classmethod
-    def from_model(cls, model: Model, options: RunOptions, progress=None,
-                   stage0_input: Stage0Input | None = None) -> "Trainer":
-        """A trainer holding a (partly) trained model's networks and noise."""
-        trainer = cls(model.real, model.config, options, progress, stage0_input)
-        # model.real is the training image already: training_image's truncation to levels must not act twice.
-        trainer.real_full = model.real.to(trainer.device)
-        trainer.reals = [trainer._layout(r) for r in pyramid(trainer.real_full, model.config)]
-        n = len(model.amps)
-        G = Generator(model.config)
-        for _ in range(n - 1):
-            G.grow()
-        G.load_state_dict(model.G.state_dict())
-        trainer.G = G.to(trainer.device, memory_format=trainer.fmt)
-        trainer.D = Discriminator(model.config).to(trainer.device, memory_format=trainer.fmt)
-        if model.D_state is None:
-            raise UserError("the model holds no discriminator weights, so it cannot be trained further")
-        trainer.D.load_state_dict(model.D_state)
-        trainer.fixed = [trainer._layout(z.to(trainer.device)) for z in model.fixed]
-        trainer.amps = list(model.amps)
-        trainer.stage = n - 1
-        return trainer
+    def training_state(self) -> dict[str, Any]:
+        """Everything besides the model needed to go on exactly where training is now."""
+        state = {"format": STATE_FORMAT, "version": STATE_VERSION, "stage": self.stage,
+                 "iteration": self.iteration, "stage_ready": self.stage_ready, "only_top": self.only_top,
+                 "train_seconds": self.train_seconds, "rng": self.rng.state()}
+        if self.stage_ready:
+            opt_d, opt_g, sched_d, sched_g = self.optim
+            without_milestones = lambda s: {k: v for k, v in s.state_dict().items() if k != "milestones"}  # noqa: E731
+            state.update(opt_d=opt_d.state_dict(), opt_g=opt_g.state_dict(),
+                         sched_d=without_milestones(sched_d), sched_g=without_milestones(sched_g))
+        return state
 
 
-def train(image: torch.Tensor, config: Config, options: RunOptions = RunOptions(), progress=None,
-          stage0_input: Stage0Input | None = None) -> Model:
-    """Train a ConSinGAN on one image (1x3xHxW in [-1, 1], any size: resized to max_size)."""
-    if torch.device(options.device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(config.manualSeed)
-    return Trainer(image, config, options, progress, stage0_input).fit()
+def read_training_state(state: Any, where: Any = "the checkpoint") -> dict[str, Any]:
+    """A training state record, checked; one of format 0 (before it had a version: the generator
+    states were torch's global ones, under other names) is read as version 1."""
+    if not isinstance(state, dict):
+        raise UserError(f"{where} is damaged: it holds no training state; train again")
+    version = state.get("version", 0)
+    if version == 0 and "rng_cpu" in state:
+        cuda = state.get("rng_cuda")
+        state = {**state, "rng": {"cpu": state["rng_cpu"], "device": cuda}}
+    elif state.get("format") != STATE_FORMAT or version != STATE_VERSION:
+        raise UserError(f"{where} has training state version {version}, this consingan reads version "
+                        f"{STATE_VERSION}; finish it with the consingan release that wrote it or train again")
+    missing = [k for k in ("stage", "iteration", "stage_ready", "only_top", "train_seconds", "rng") if k not in state]
+    if state.get("stage_ready"):
+        missing += [k for k in ("opt_d", "opt_g", "sched_d", "sched_g") if k not in state]
+    if missing:
+        raise UserError(f"{where} is damaged: its training state has no {', '.join(missing)}; train again")
+    return state

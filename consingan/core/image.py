@@ -72,7 +72,7 @@ def grid(images: torch.Tensor, columns: int = 5, gap: int = 2) -> torch.Tensor:
     return out
 
 
-# --- resizing as the reference does (METHOD 1) -----------------------------------------------
+# --- resizing as the reference does (docs/method.md section 1) -----------------------------------------------
 # A MATLAB-style imresize with its quirks, since they decide the training data: the image is
 # truncated to 8-bit levels first, the sampling grid follows the nominal scale factor, the cubic
 # kernel is widened when shrinking, and the two borders are treated differently (below).
@@ -161,7 +161,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The reference's resize of an Nx3xHxW image in [-1, 1] to (height, width) (its
     ``imresize_to_shape``): each axis at the scale out/in of its own, float32 in [-1, 1].
 
-    The image is truncated to 8-bit levels even when the size does not change (METHOD 1); the
+    The image is truncated to 8-bit levels even when the size does not change (docs/method.md section 1); the
     result is not rounded back to levels.
     """
     h, w = image.shape[-2:]
@@ -172,7 +172,7 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def rescale(image: torch.Tensor, scale: float) -> torch.Tensor:
     """The reference's resize by a nominal factor (its ``imresize``): the output is
     ``ceil(H*scale) x ceil(W*scale)``, and both axes are sampled at ``scale`` itself, not at the
-    realised ratio out/in (quirk, METHOD 1), so the content shifts by up to a pixel towards the
+    realised ratio out/in (quirk, docs/method.md section 1), so the content shifts by up to a pixel towards the
     top-left. Truncates to 8-bit levels as ``resize`` does, also at scale 1."""
     h, w = image.shape[-2:]
     return _reference_resize(image, scaled_size(h, w, scale), (scale, scale))
@@ -193,7 +193,7 @@ def training_image(image: torch.Tensor, config: Config) -> torch.Tensor:
 
 
 def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
-    """(height, width) of each stage for a training image of the given size (METHOD 1)."""
+    """(height, width) of each stage for a training image of the given size (docs/method.md section 1)."""
     stop = config.stop_stage
     smallest = min(height, width)
     if smallest < config.min_size:

@@ -1,4 +1,4 @@
-"""The growing generator and the patch discriminator (METHOD 2)."""
+"""The growing generator and the patch discriminator (docs/method.md section 2)."""
 from __future__ import annotations
 
 import copy
@@ -129,7 +129,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def upsample_interpolate(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bicubic interpolation with align_corners=True (METHOD 2), as torch's F.interpolate."""
+    """Bicubic interpolation with align_corners=True (docs/method.md section 2), as torch's F.interpolate."""
     return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bicubic", align_corners=True)
 
 

@@ -1,4 +1,4 @@
-"""Noise maps: the random input of each stage and the fixed reconstruction noise (METHOD 2-3)."""
+"""Noise maps: the random input of each stage and the fixed reconstruction noise (docs/method.md sections 2-3)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -28,7 +28,7 @@ def random_noise(config: Config, shapes: Sequence[Sequence[int]], device: torch.
 
 def fixed_noise(config: Config, stage: int, reals: Sequence[torch.Tensor],
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """The reconstruction noise of a stage, drawn once and kept for the whole run (METHOD 3)."""
+    """The reconstruction noise of a stage, drawn once and kept for the whole run (docs/method.md section 3)."""
     real = reals[stage]
     if stage == 0:
         kind = config.mode.stage0_fixed

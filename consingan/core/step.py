@@ -1,4 +1,4 @@
-"""One training iteration (METHOD 3), in two forms that compute the same numbers.
+"""One training iteration (docs/method.md section 3), in two forms that compute the same numbers.
 
 ``train_step`` is what training runs. ``plain_step`` is the straightforward computation, kept as the
 oracle that tests and ``benchmarks/bench_train.py`` compare against: the fake recomputed in every
@@ -117,7 +117,7 @@ def train_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Te
 
 def plain_step(s: StageState, noise: Sequence[torch.Tensor], gp_alphas: torch.Tensor,
                iteration: int = 0) -> dict[str, torch.Tensor]:
-    """The straightforward computation of METHOD 3 (the correctness oracle; slower)."""
+    """The straightforward computation of docs/method.md section 3 (the correctness oracle; slower)."""
     c = s.config
     G, D = s.G, s.D
     gp = torch.zeros((), device=s.real.device)

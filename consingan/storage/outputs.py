@@ -173,6 +173,12 @@ class Claim:
         self.folder, self.fd = folder, fd
         self.lock = folder / LOCK_FILE
 
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
     def release(self) -> None:
         if self.fd is None:
             return

@@ -1,4 +1,4 @@
-"""Animation: a random walk around the fixed noise, written as a GIF or MP4 (METHOD 4, animation).
+"""Animation: a random walk around the fixed noise, written as a GIF or MP4 (docs/method.md section 4, animation).
 
     model = consingan.load("TrainedModels/lightning/<run>")
     frames = animate(model, Walk(start_scale=1, beta=0.9, num_frames=50), seed=0)  # Fx3xHxW in [-1, 1]

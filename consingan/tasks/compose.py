@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConSinGANWarning, UserError
-from .harmonize import _unit_range, default_mask_path, mask_from_array, read_mask
+from .masks import _unit_range, default_mask_path, mask_from_array, read_mask
 from ..core.image import resize
 from ..storage.image_files import _to_rgb_float, read_array
 

@@ -1,4 +1,4 @@
-"""Sampling from a trained model and the tasks built on it (METHOD 4, inference)."""
+"""Sampling from a trained model and the tasks built on it (docs/method.md section 4, inference)."""
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -10,7 +10,7 @@ from ..core.noise import random_noise
 
 
 def scaled_shapes(shapes: Sequence[Sequence[int]], scale_h: float = 1.0, scale_w: float = 1.0) -> list[tuple[int, int]]:
-    """Every stage's shape scaled (arbitrary output sizes: METHOD 4, generation/retarget)."""
+    """Every stage's shape scaled (arbitrary output sizes: docs/method.md section 4, generation/retarget)."""
     return [(max(1, int(h * scale_h)), max(1, int(w * scale_w))) for h, w in shapes]
 
 

@@ -1,0 +1,189 @@
+"""The run directory: the one place that knows its file names, the config.json schema, the
+checkpoint and model files, and the never-overwrite rule.
+
+    <run>/config.json       the settings, where the image came from, the device (+ naive image, origin)
+    <run>/log.jsonl         one line per log point: stage, iter, losses, lr_g
+    <run>/<stage>/*.png     real, fake_iter_N, reconstruction_iter_N, reconstruction, samples_grid, previews
+    <run>/checkpoint.pt     while training: the model so far + the training state (its own record)
+    <run>/model.pt          when training finished (the checkpoint is then removed)
+
+``RunDir.writer()`` is the callbacks object the engine writes through; a full disk becomes TrainingStopped with
+what was kept and how to go on.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import Config
+from ..core.callbacks import Callbacks
+from ..core.engine import TrainingStopped
+from ..core.model import Model
+from ..errors import UserError
+from .image_files import read_image, save_image
+from .model_file import MODEL_FILE, atomic_save, from_record, read_record, save_model, to_record
+from .outputs import NoSpace, claim_dir, clean_temp_files, is_no_space, write_bytes
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = "consingan-checkpoint"
+# config.json keys besides the Config fields
+INPUT_KEY = "input_name"  # the training image's path ("array" for one given in memory)
+DEVICE_KEY = "device"
+NAIVE_KEY = "naive_img"  # the naive image the run was started with (harmonization/editing previews)
+FINE_TUNED_KEY = "fine_tuned_from"  # a fine-tuning run: the model it started from
+PRESET_KEY = "preset"
+
+
+def resume_command(run: Path) -> str:
+    return f"python main_train.py --resume {run}"
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.written: tuple[int, int] | None = None  # (stage, iteration) of the checkpoint this run wrote last
+
+    # --- files ----------------------------------------------------------------------------------
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @contextmanager
+    def claimed(self, fresh: bool, what: str = "--out_dir") -> Iterator["RunDir"]:
+        """Hold the directory for this run (an exclusive lock; ``fresh``: it must be new or empty)."""
+        with claim_dir(self.path, what, fresh=fresh):
+            yield self
+
+    # --- config.json ----------------------------------------------------------------------------
+    def write_info(self, config: Config, input_name: str | None, device: torch.device | str,
+                   naive: Any = None, **extra: Any) -> None:
+        """The run's readable config.json: the settings, where the image came from, the device, and
+        the naive image's path (a resumed run reads it back for its previews and stage-0 input)."""
+        info = {**config.to_dict(), INPUT_KEY: input_name, **extra, DEVICE_KEY: str(device)}
+        if isinstance(naive, (str, os.PathLike)):
+            info[NAIVE_KEY] = Path(naive).as_posix()
+        write_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), self.config_file)
+
+    def info(self) -> dict[str, Any]:
+        """config.json ({} when there is none); a damaged one is a UserError."""
+        path = self.config_file
+        if not path.is_file():
+            return {}
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # not JSON, or not UTF-8
+            info = f"not valid JSON ({str(exc).splitlines()[0]})"
+        if not isinstance(info, dict):
+            raise UserError(f"{path} is damaged: {info if isinstance(info, str) else 'not a table of settings'}; "
+                            "repair or restore it, or train again (a resumed run reads its naive image from it)")
+        return info
+
+    def naive_image(self) -> torch.Tensor | None:
+        path = self.info().get(NAIVE_KEY)
+        return None if path is None else read_image(path, "naive image of the run")
+
+    # --- checkpoint and model -------------------------------------------------------------------
+    def write_checkpoint(self, model: Model, state: dict[str, Any]) -> Path:
+        record = to_record(model)
+        record["format"] = CHECKPOINT_FORMAT
+        record["train"] = state
+        with self.no_space():
+            atomic_save(record, self.checkpoint_file)
+        self.written = (int(state["stage"]), int(state["iteration"]) if state["stage_ready"] else 0)
+        return self.checkpoint_file
+
+    def read_checkpoint(self) -> tuple[Model, dict[str, Any]]:
+        """(model so far, training state) of an interrupted run."""
+        if not self.path.is_dir() or not self.checkpoint_file.exists():
+            if self.model_file.exists():
+                raise UserError(f"{self.path} holds a finished model and no checkpoint: nothing to resume")
+            raise UserError(f"{self.path} holds no checkpoint ({CHECKPOINT_FILE}); give the directory of an "
+                            "interrupted training run")
+        record = read_record(self.checkpoint_file, kind=CHECKPOINT_FORMAT)
+        return from_record(record, device="cpu", path=self.checkpoint_file), record.get("train")
+
+    def checkpoint_config(self) -> Config:
+        if not self.checkpoint_file.exists():
+            self.read_checkpoint()  # says what is wrong
+        return Config.from_dict(read_record(self.checkpoint_file, kind=CHECKPOINT_FORMAT)["config"])
+
+    def finish(self, model: Model) -> None:
+        """Write model.pt, then drop the checkpoint it replaces and any temporary file a killed write
+        left. A full disk keeps the checkpoint and says how to go on."""
+        with self.no_space(finishing=True):
+            save_model(model, self.path)
+        self.checkpoint_file.unlink(missing_ok=True)
+        clean_temp_files(self.path)
+
+    def clean(self) -> None:
+        clean_temp_files(self.path)
+
+    @contextmanager
+    def no_space(self, finishing: bool = False) -> Iterator[None]:
+        """A full disk inside the block: TrainingStopped saying what was kept and how to go on."""
+        try:
+            yield
+        except (OSError, UserError) as exc:
+            if not is_no_space(exc):
+                raise
+            where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or self.path).where
+            if not self.checkpoint_file.exists():
+                raise TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
+                                      "nothing to resume: free space and train again", None, resume_hint=False) from None
+            kept = "the last checkpoint" if self.written is None or finishing else \
+                f"the checkpoint of stage {self.written[0]}, iteration {self.written[1]}"
+            raise TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
+                                  f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
+                                  resume_hint=False) from None
+
+    def writer(self) -> "RunDirWriter":
+        return RunDirWriter(self)
+
+
+class RunDirWriter(Callbacks):
+    """The engine's outputs into a run directory: log.jsonl, the stage images, checkpoints."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.log = None
+
+    def on_run_start(self, num_stages: int) -> None:
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        with self.run.no_space():
+            self.log = open(self.run.path / LOG_FILE, "a", encoding="utf-8")
+
+    def on_iteration(self, stage, iteration, logged) -> None:
+        if logged and self.log is not None:
+            with self.run.no_space():
+                self.log.write(json.dumps({"stage": stage, "iter": iteration, **logged}) + "\n")
+                self.log.flush()
+
+    def on_image(self, stage, name, image) -> None:
+        with self.run.no_space():
+            save_image(image, self.run.path / str(stage) / name)
+
+    def write_checkpoint(self, snapshot) -> None:
+        self.run.write_checkpoint(*snapshot())
+
+    def on_run_end(self, model) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None

@@ -1,0 +1,148 @@
+"""The engine as a library piece (issue 19): reproducible within one process, stoppable from another
+thread, observable through callbacks, and free of process-wide side effects."""
+import ast
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import consingan
+from consingan.callbacks import Callbacks
+from consingan.core.engine import TrainingStopped
+
+SETTINGS = dict(train_stages=3, niter=6, nfc=4, min_size=12, max_size=40, manualSeed=5)
+
+
+def image():
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 30), torch.linspace(-1, 1, 45), indexing="ij")
+    return torch.stack([torch.sin(3 * x), torch.cos(4 * y), x * y]).unsqueeze(0)
+
+
+def weights(model):
+    return torch.cat([p.flatten() for p in model.G.state_dict().values()])
+
+
+def test_two_trainings_in_one_process_give_the_same_model_and_leave_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = consingan.train(image(), device="cpu", **SETTINGS)
+    assert torch.equal(torch.get_rng_state(), before)  # the library drew nothing from the global generator
+    torch.rand(7)  # whatever the caller draws between runs does not matter
+    b = consingan.train(image(), device="cpu", **SETTINGS)
+    assert torch.equal(weights(a), weights(b))
+    assert all(torch.equal(x, y) for x, y in zip(a.fixed, b.fixed)) and a.amps == b.amps
+    c = consingan.train(image(), device="cpu", **{**SETTINGS, "manualSeed": 6})
+    assert not torch.equal(weights(a), weights(c))
+
+
+class Recorder(Callbacks):
+    def __init__(self):
+        self.events, self.logged, self.images, self.ends = [], {}, {}, []
+
+    def on_stage_start(self, stage, num_stages, niter, first_iter):
+        self.events.append(("start", stage, num_stages, niter, first_iter))
+
+    def on_iteration(self, stage, iteration, logged):
+        if logged:
+            self.logged.setdefault(stage, []).append((iteration, dict(logged)))
+
+    def on_image(self, stage, name, image):
+        self.images.setdefault(stage, {})[name] = image.shape
+
+    def on_stage_end(self, stage, model):
+        self.ends.append((stage, model.num_stages))
+
+
+def test_custom_callbacks_receive_every_stages_losses_and_images(tmp_path):
+    rec = Recorder()
+    consingan.train(image(), device="cpu", callbacks=[rec], out_dir=tmp_path / "run", **SETTINGS)
+    assert [e[:2] for e in rec.events] == [("start", 0), ("start", 1), ("start", 2)]
+    assert rec.ends == [(0, 1), (1, 2), (2, 3)]
+    for stage in range(3):
+        iters = [i for i, _ in rec.logged[stage]]
+        assert iters == list(range(1, 7))  # 6 iterations: a log point each (at least 20 per stage)
+        assert all({"loss_d", "loss_g", "loss_rec", "lr_g"} <= set(v) for _, v in rec.logged[stage])
+        names = set(rec.images[stage])
+        assert {"real.png", "fake_iter_6.png", "reconstruction_iter_6.png", "reconstruction.png",
+                "samples_grid.png"} <= names
+        # the run directory got the same images
+        assert {p.name for p in (tmp_path / "run" / str(stage)).iterdir()} == names
+
+
+def test_a_training_in_a_thread_stops_within_one_iteration_of_its_stop_flag(tmp_path):
+    stop = threading.Event()
+    seen = []
+
+    class StopAt(Callbacks):
+        def on_iteration(self, stage, iteration, logged):
+            seen.append((stage, iteration))
+            if (stage, iteration) == (1, 3):
+                stop.set()  # as a Stop button in another thread would
+
+    result = {}
+
+    def work():
+        try:
+            consingan.train(image(), device="cpu", out_dir=tmp_path / "run", callbacks=[StopAt()], stop=stop,
+                            **{**SETTINGS, "niter": 50})
+        except TrainingStopped as exc:
+            result["stopped"] = exc
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    stopped = result["stopped"]
+    assert stopped.interrupted and seen[-1] == (1, 4)  # the iteration running when the flag was set, one more
+    assert stopped.checkpoint == tmp_path / "run" / "checkpoint.pt" and stopped.checkpoint.exists()
+    record = torch.load(stopped.checkpoint, weights_only=True)
+    assert (record["train"]["stage"], record["train"]["iteration"]) == (1, 4)
+    # and it goes on to the same model as a run that was never stopped
+    resumed = consingan.api.resume(tmp_path / "run", device="cpu")
+    whole = consingan.train(image(), device="cpu", **{**SETTINGS, "niter": 50})
+    assert torch.equal(weights(resumed), weights(whole))
+
+
+PACKAGE = Path(consingan.__file__).parent
+
+
+def imports_of(path: Path) -> set[str]:
+    """The consingan modules a file imports (at the top or inside functions), as dotted names."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("consingan"):
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+    return found
+
+
+def test_no_import_cycles_and_core_depends_on_nothing_above_it():
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {t for t in imports_of(p) if t in modules and t != m} for m, p in modules.items()}
+    for m, deps in graph.items():
+        if m.startswith("consingan.core."):
+            allowed = ("consingan.core", "consingan.config", "consingan.errors")
+            assert all(d.startswith(allowed) for d in deps), (m, deps)
+        if m.startswith("consingan.storage."):
+            assert not any(d.startswith(("consingan.tasks", "consingan.api", "consingan.cli")) for d in deps), (m, deps)
+    # a cycle: a module reachable from itself (packages' __init__ files re-export and are left out)
+    graph = {m: {d for d in deps if not modules[d].name == "__init__.py"} for m, deps in graph.items()
+             if modules[m].name != "__init__.py"}
+    for start in graph:
+        stack, seen = list(graph[start]), set()
+        while stack:
+            m = stack.pop()
+            assert m != start, f"import cycle through {start}"
+            if m not in seen:
+                seen.add(m)
+                stack.extend(graph.get(m, ()))
