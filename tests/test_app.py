@@ -36,7 +36,8 @@ def start_server(models: Path, cwd: Path, host: str = "127.0.0.1"):
     """(process, url, log lines): the app on a free port, once it says it listens."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}  # tiny models: a second thread buys nothing, and on a busy machine it costs a lot
     proc = subprocess.Popen([sys.executable, "-m", "consingan", "app", "--models_root", str(models), "--host", host,
                              "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -208,6 +209,17 @@ def test_stop_leaves_a_resumable_checkpoint(app):
         c.predict("../" + name, api_name="/resume")
 
 
+def test_uploads_over_the_limit_are_refused(app):
+    import httpx
+
+    url = app["client"].src.rstrip("/") + "/gradio_api/upload"
+    big = b"\0" * (25 * 2**20 + 1)
+    r = httpx.post(url, files={"files": ("big.png", big)}, timeout=60)
+    assert r.status_code == 413
+    r = httpx.post(url, files={"files": ("small.png", (app["base"] / "tiny.png").read_bytes())}, timeout=60)
+    assert r.status_code == 200 and "/consingan-app-" in r.json()[0]  # the app's own upload folder
+
+
 def test_nothing_written_outside_the_models_root(app):
     assert list(app["cwd"].iterdir()) == []
     assert sorted(p.name for p in app["models"].iterdir()) == ["tiny"]
@@ -222,3 +234,19 @@ def test_the_command_says_how_to_install_gradio(monkeypatch):
     result = CliRunner().invoke(cli.app, ["app", "--models_root", "x"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == 'error: the web app needs Gradio: pip install -e ".[app]"'
+
+
+def test_another_host_than_loopback_is_warned_about(monkeypatch, capsys):
+    import consingan.webapp as webapp
+
+    def stop_here(*args, **kwargs):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(webapp, "create", stop_here)
+    with pytest.raises(SystemExit):
+        webapp.launch("unused", host="0.0.0.0", port=1)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: the app listens on 0.0.0.0, so other machines can reach it")
+    with pytest.raises(SystemExit):
+        webapp.launch("unused", host="127.0.0.1", port=1)
+    assert capsys.readouterr().err == ""

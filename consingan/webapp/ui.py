@@ -108,7 +108,8 @@ def build(state: act.AppState) -> gr.Blocks:
                                                         label="Interrupted run", allow_custom_value=True)
                             t_resume = gr.Button("Resume")
                     with gr.Column(scale=1):
-                        t_job = gr.Number(None, label="Job", precision=0, interactive=False, elem_id="train-job")
+                        t_job = gr.Number(None, label="Job shown (0: the latest)", precision=0, interactive=False,
+                                          elem_id="train-job")
                         t_status = gr.Markdown(job_markdown(state, None), elem_id="train-status")
                         with gr.Row():
                             t_samples = gr.Image(format="png", label="Latest samples", interactive=False, elem_id="train-samples")
@@ -126,12 +127,12 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         s_model = model_dropdown("Model", None, "samples-model")
                         with gr.Row():
-                            s_num = gr.Number(8, label="Number", precision=0, minimum=1, maximum=act.MAX_SAMPLES)
-                            s_seed = gr.Number(0, label="Seed", precision=0)
+                            s_num = gr.Number(8, elem_id="samples-num", label="Number", precision=0, minimum=1, maximum=act.MAX_SAMPLES)
+                            s_seed = gr.Number(0, elem_id="samples-seed", label="Seed", precision=0)
                         with gr.Row():
-                            s_h = gr.Number(1.0, label="Height scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
-                            s_w = gr.Number(1.0, label="Width scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
-                            s_start = gr.Number(0, label="Start scale", precision=0, minimum=0,
+                            s_h = gr.Number(1.0, elem_id="samples-scale-h", label="Height scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
+                            s_w = gr.Number(1.0, elem_id="samples-scale-w", label="Width scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
+                            s_start = gr.Number(0, elem_id="samples-start", label="Start scale", precision=0, minimum=0,
                                                 info="stages below keep the training image's layout")
                         s_go = gr.Button("Generate", variant="primary", elem_id="samples-go")
                         s_zip = gr.File(label="All samples (zip)", interactive=False)
@@ -148,12 +149,12 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         gr.Markdown("**Paste an object** onto the training image: upload it (its alpha channel is its "
                                     "shape), then move it with the sliders or click where its centre goes.")
-                        h_object = gr.Image(format="png", type="filepath", label="Object", image_mode="RGBA", height=160,
+                        h_object = gr.Image(format="png", type="filepath", elem_id="harmonize-object", label="Object", image_mode="RGBA", height=160,
                                             sources=["upload", "clipboard"])
                         with gr.Row():
-                            h_x = gr.Slider(0, 1, 0.5, step=0.01, label="x (centre)")
-                            h_y = gr.Slider(0, 1, 0.5, step=0.01, label="y (centre)")
-                            h_scale = gr.Slider(0.05, 3, 1.0, step=0.05, label="scale")
+                            h_x = gr.Slider(0, 1, 0.5, step=0.01, label="x (centre)", elem_id="harmonize-x")
+                            h_y = gr.Slider(0, 1, 0.5, step=0.01, label="y (centre)", elem_id="harmonize-y")
+                            h_scale = gr.Slider(0.05, 3, 1.0, step=0.05, label="scale", elem_id="harmonize-scale")
                         h_composite = gr.Image(format="png", label="Naive image (click to move the object)", interactive=False,
                                                elem_id="harmonize-composite")
                     with gr.Column(scale=1):
@@ -185,7 +186,7 @@ def build(state: act.AppState) -> gr.Blocks:
                                                   brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
                                                   elem_id="paint-canvas")
                         with gr.Row():
-                            p_num = gr.Number(4, label="Variations", precision=0, minimum=1, maximum=16)
+                            p_num = gr.Number(4, elem_id="paint-num", label="Variations", precision=0, minimum=1, maximum=16)
                             p_seed = gr.Number(0, label="Seed", precision=0)
                             p_go = gr.Button("Paint to image", variant="primary", elem_id="paint-go")
                     with gr.Column(scale=2):
@@ -197,7 +198,7 @@ def build(state: act.AppState) -> gr.Blocks:
                 r_model = model_dropdown("Super-resolution model (train one with mode superres)", ("superres",),
                                          "superres-model")
                 with gr.Row():
-                    r_factor = gr.Number(4.0, label="Factor", minimum=1.01, maximum=16)
+                    r_factor = gr.Number(4.0, elem_id="superres-factor", label="Factor", minimum=1.01, maximum=16)
                     r_seed = gr.Number(0, label="Seed", precision=0)
                     r_go = gr.Button("Enlarge", variant="primary", elem_id="superres-go")
                 with gr.Row():
@@ -211,12 +212,12 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         a_model = model_dropdown("Model (animation mode is made for this)", None, "animation-model")
                         with gr.Row():
-                            a_start = gr.Number(1, label="Start scale", precision=0, minimum=0)
+                            a_start = gr.Number(1, elem_id="animation-start", label="Start scale", precision=0, minimum=0)
                             a_seed = gr.Number(0, label="Seed", precision=0)
                         a_alpha = gr.Slider(0, 1, 0.1, step=0.01, label="alpha (pull towards the reconstruction)")
                         a_beta = gr.Slider(0, 1, 0.9, step=0.01, label="beta (momentum: smoother, slower)")
                         with gr.Row():
-                            a_frames = gr.Number(40, label="Frames", precision=0, minimum=1, maximum=act.MAX_FRAMES)
+                            a_frames = gr.Number(40, elem_id="animation-frames", label="Frames", precision=0, minimum=1, maximum=act.MAX_FRAMES)
                             a_fps = gr.Number(10, label="Frames per second", minimum=0.1, maximum=100)
                             a_fmt = gr.Radio(["gif", "mp4"], value="gif", label="Format")
                         a_go = gr.Button("Animate", variant="primary", elem_id="animation-go")
@@ -231,8 +232,8 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         e_model = model_dropdown("Model", None, "explore-model")
                         with gr.Row():
-                            e_seed = gr.Number(0, label="Seed", precision=0)
-                            e_start = gr.Number(1, label="Start scale", precision=0, minimum=0,
+                            e_seed = gr.Number(0, elem_id="explore-seed", label="Seed", precision=0)
+                            e_start = gr.Number(1, elem_id="explore-start", label="Start scale", precision=0, minimum=0,
                                                 info="stages below keep the layout")
                         e_pad = gr.Image(value=pad_image(), format="png", label="Click to jump (x right, y up)", interactive=False,
                                          height=PAD_SIDE + 20, width=PAD_SIDE + 20, elem_id="explore-pad")
@@ -371,8 +372,10 @@ def build(state: act.AppState) -> gr.Blocks:
 
         @guarded
         def composite(name, obj, x, y, scale):
-            if not obj or not name:
+            if not name:
                 return None
+            if not obj:  # the background alone, until an object is uploaded
+                return act.model_image(act.naive_mode_model(state, name))
             naive, mask = act.compose_object(state, name, obj, x, y, scale)
             view = naive.copy()
             edge = mask.astype(bool) & ~_eroded(mask.astype(bool))
@@ -433,8 +436,10 @@ def build(state: act.AppState) -> gr.Blocks:
         @guarded
         def load_canvas(name):
             canvas, colours, swatch = act.paint_canvas(state, name)
+            side = max(2, round(max(canvas.shape[:2]) / 16))  # a brush of about a sixteenth of the image
             editor = gr.update(value={"background": canvas, "layers": [], "composite": canvas},
-                               brush=gr.Brush(colors=colours, default_color=colours[0], color_mode="fixed"))
+                               brush=gr.Brush(colors=colours, default_color=colours[0], color_mode="fixed",
+                                              default_size=side))
             return editor, swatch
 
         p_load.click(load_canvas, p_model, [p_canvas, p_swatch], api_name="paint_canvas")
