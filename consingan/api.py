@@ -217,6 +217,9 @@ def stage0_input_for(config: Config):
     """The per-iteration stage-0 input of modes that train on an augmented image (else None)."""
     if config.mode.stage0_input == "noise":
         return None
+    if config.mode.stage0_input == "paint":  # docs/method.md 5
+        from .tasks.paint import stage0_paint_input
+        return stage0_paint_input(config)
     from .core.augment import stage0_augmentation
 
     return stage0_augmentation(config)

@@ -9,7 +9,9 @@ import torch
 from .core.model import Model
 from .storage.model_file import load_model, save_model
 from .tasks.animate import Walk, animate
+from .tasks.paint import paint
 from .tasks.sampling import generate, reconstruct
+from .tasks.superres import super_resolve
 
 
 class ConSinGAN(Model):
@@ -34,6 +36,16 @@ class ConSinGAN(Model):
         """The frames of a random walk around the fixed noise (a ``Walk``; default: the paper's alpha 0.1,
         beta 0.9, 100 frames), Fx3xHxW in [-1, 1]."""
         return animate(self, walk, seed=seed)
+
+    def super_resolve(self, factor: float | None = None, seed: int | None = None) -> torch.Tensor:
+        """A ``superres`` model's training image enlarged ``factor`` times (default: the model's
+        sr_factor, 4 unless trained otherwise), 1x3x(F*H)x(F*W) in [-1, 1] (docs/method.md 5)."""
+        return super_resolve(self, factor, seed=seed)
+
+    def paint(self, painting, num_samples: int = 1, seed: int | None = None) -> torch.Tensor:
+        """Images with the training image's textures and the layout of ``painting`` (a path, an HxWx3
+        array or a 1x3xhxw tensor in [-1, 1], any size), Nx3xHxW in [-1, 1] (docs/method.md 5)."""
+        return paint(self, painting, num_samples=num_samples, seed=seed)
 
     def save(self, path: str | Path) -> Path:
         """Write ``model.pt`` (path may be the model directory or the file)."""
