@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import api
-from .config import MAX_SEED
+from .config import MAX_SEED, preset_help
 from .errors import UserError
 from .core.engine import TrainingStopped
 
@@ -139,11 +139,7 @@ def train(
     input_name: Annotated[Optional[str], opt("--input_name", help="training image")] = None,
     train_mode: Annotated[str, opt("--train_mode", help="generation, retarget, harmonization, editing, "
                                    "animation, superres or paint")] = "generation",
-    preset: Annotated[str, opt("--preset", help="paper: the paper's settings. fast: fewer iterations and 2 "
-                                "discriminator steps in the top three stages, bfloat16 where the machine has it; "
-                                "about 13 instead of 75 min for 250 px on a 2-core CPU with bfloat16 instructions, "
-                                "at a small cost in quality (README: The fast preset). Flags you pass override "
-                                "the preset")] = "paper",
+    preset: Annotated[str, opt("--preset", help=preset_help())] = "paper",
     train_stages: Annotated[Optional[int], opt("--train_stages", help="number of stages [6; harmonization 3]")] = None,
     train_depth: Annotated[Optional[int], opt("--train_depth", help="stages trained at a time [3]")] = None,
     lr_scale: Annotated[Optional[float], opt("--lr_scale", help="lr factor per lower stage [0.1]")] = None,
@@ -205,7 +201,6 @@ def train(
             --model_dir M --naive_img naive.png
     """
     try:
-        print_warnings()
         if resume:
             out = Path(resume)
             fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
@@ -352,25 +347,39 @@ def check_training_memory(image, config, device) -> None:
                  "lower --nfc or --max_size", device)
 
 
-def print_warnings() -> None:
-    """Library warnings (ConSinGANWarning) as one ``warning: ...`` line each on stderr."""
+@contextmanager
+def warning_lines():
+    """Library warnings (ConSinGANWarning) as one ``warning: ...`` line each on stderr while a command
+    runs: Python's warning state (filters, printer) is saved with ``warnings.catch_warnings`` and
+    restored when the command ends, so a program that calls the commands in-process keeps its own."""
     import warnings
 
     from .errors import ConSinGANWarning
 
-    warnings.simplefilter("always", ConSinGANWarning)
-    previous = warnings.showwarning
-    if getattr(previous, "consingan", False):  # already installed (commands called in-process, as by tests)
-        return
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        warnings.simplefilter("always", ConSinGANWarning)
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ConSinGANWarning):
-            typer.echo(f"warning: {message}", err=True)
-        else:
-            previous(message, category, filename, lineno, file, line)
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ConSinGANWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                previous(message, category, filename, lineno, file, line)
 
-    show.consingan = True
-    warnings.showwarning = show
+        warnings.showwarning = show
+        yield
+
+
+def with_warning_lines(command):
+    """``command`` run inside warning_lines (typer reads the signature through functools.wraps)."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with warning_lines():
+            return command(*args, **kwargs)
+
+    return run
 
 
 PAINT_SAMPLES = 4  # generate --paint without --num_samples
@@ -420,7 +429,6 @@ def generate(
         consingan generate --model_dir M_paint --paint painting.png --num_samples 4
     """
     try:
-        print_warnings()
         check_real(scale_h, "--scale_h", positive=True)
         check_real(scale_w, "--scale_w", positive=True)
         if num_samples is not None and num_samples < 1:
@@ -566,7 +574,6 @@ def evaluate(
     from .metrics import format_table
 
     try:
-        print_warnings()
         check_seed(seed)
         model = load_model_arg(model_dir, device, gpu, not_cuda)
         target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
@@ -600,7 +607,6 @@ def compose(
     from .tasks.compose import write_composite
 
     try:
-        print_warnings()
         missing = [flag for flag, value in (("--background", background), ("--object", obj), ("--x", x),
                                             ("--y", y), ("--out", out)) if value is None]
         if missing:
@@ -659,7 +665,6 @@ def palette(
     from .tasks.paint import hex_colour, write_palette
 
     try:
-        print_warnings()
         if not out:
             raise UserError("palette needs --out FILE (e.g. palette.png)")
         check_image_name(out, "--out")
@@ -699,7 +704,6 @@ def batch(
         consingan batch --images 'data/*.png' --out_root /shared/runs --address auto --gpus_per_job 0.25
     """
     try:
-        print_warnings()
         if not images or not out_root:
             raise UserError("batch needs --images (folder, pattern, .txt or .csv) and --out_root FOLDER")
         settings = batch_train_flags(ctx.args)
@@ -763,13 +767,17 @@ def web_app(
     from .webapp import launch
 
     try:
-        print_warnings()
         dev = api.resolve_device(device)
         process_speedups(dev)
         output_folder(models_root, "pass --models_root DIR, a folder the app may write into")
         launch(models_root, host=host, port=port, device=str(dev))
     except HANDLED as e:
         fail_on(e, "train at a smaller size")
+
+
+# Every command prints the library's warnings as lines (commands defined above this point).
+for _command in app.registered_commands:
+    _command.callback = with_warning_lines(_command.callback)
 
 
 def main(argv: list[str] | None = None) -> None:

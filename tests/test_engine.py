@@ -146,3 +146,35 @@ def test_no_import_cycles_and_core_depends_on_nothing_above_it():
             if m not in seen:
                 seen.add(m)
                 stack.extend(graph.get(m, ()))
+
+
+def test_a_command_prints_library_warnings_as_lines_and_leaves_pythons_warning_state_alone(tmp_path):
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from consingan.cli import app
+
+    before, filters = warnings.showwarning, list(warnings.filters)
+    result = CliRunner().invoke(app, ["generate", "--model_dir", str(tmp_path / "none"), "--gpu", "0", "--not_cuda"])
+    assert result.exit_code == 2
+    assert "warning: --gpu 0 is ignored: --not_cuda runs on the CPU" in result.output
+    assert warnings.showwarning is before and warnings.filters == filters
+
+
+def test_the_presets_numbers_are_written_once_for_help_and_readme():
+    from typer.testing import CliRunner
+
+    from consingan.cli import app
+    from consingan.config import PRESETS, make_config, preset_flags
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=10000).output.split())
+    for name in PRESETS:
+        flags = preset_flags(name)
+        assert f"`{flags}`" in readme or not flags, name
+        assert flags in help_text, name
+    fast = make_config(preset="fast", manualSeed=1)  # the flags are what the preset sets
+    assert "--niter_stages " + ",".join(map(str, fast.niter_stages)) in preset_flags("fast")
+    with pytest.raises(TypeError):
+        PRESETS["fast"]["top_Dsteps"] = 3  # read-only

@@ -96,7 +96,7 @@ def test_presets_apply_over_mode_defaults_and_under_user_flags():
     with pytest.raises(UserError, match="at least 1"):
         make_config("generation", niter_stages=(5, 5, 0, 5, 5, 5))
     with pytest.raises(UserError, match="--preset"):
-        make_config("generation", preset="quick")
+        make_config("generation", preset="quickest")
 
 
 # --- the reference's resize in the pyramid and the training image (METHOD 1) --------------------

@@ -50,8 +50,13 @@ def test_sigkill_mid_stage_then_resume_gives_the_uninterrupted_weights(tiny_imag
     killed = tmp_path / "killed"
     proc = start_training(tiny_image, killed)
     wait_for(killed / "checkpoint.pt", proc)
-    time.sleep(0.3)  # let it run on past the checkpoint, then kill it without warning
-    proc.send_signal(signal.SIGKILL)
+    first = (killed / "checkpoint.pt").stat().st_ino
+    t = time.time()
+    while (killed / "checkpoint.pt").stat().st_ino == first:  # run on past a later checkpoint (a new file) ...
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t < 60, "no second checkpoint appeared"
+        time.sleep(0.005)  # polling, as wait_for: the test waits for an event, not for a time
+    proc.send_signal(signal.SIGKILL)  # ... then kill it without warning
     proc.wait()
     assert not (killed / "model.pt").exists(), "the run finished before it was killed: the test proves nothing"
     record = torch.load(killed / "checkpoint.pt", weights_only=True)

@@ -308,14 +308,17 @@ def test_discriminator_input_gradient_equals_autograd(activation, float64):
 
 
 def test_step_changes_weights():
-    s, _ = _stage_state("generation")
+    s, _ = _stage_state("generation", train_depth=2)
     before = [p.clone() for p in s.G.body[-1].parameters()] + [s.D.tail.weight.clone()]
+    frozen = {name: p.clone() for name, p in s.G.named_parameters() if not p.requires_grad}
+    assert frozen and any(name.startswith("body.0.") for name in frozen)  # stages below train_depth: frozen
     from consingan.core.noise import random_noise
 
     train_step(s, random_noise(s.config, s.shapes, "cpu"), torch.rand(3))
     after = list(s.G.body[-1].parameters()) + [s.D.tail.weight]
     assert all(not torch.equal(x, y) for x, y in zip(before, after))
-    assert torch.equal(s.G.body[0][0][0].weight, s.G.body[0][0][0].weight)
+    now = dict(s.G.named_parameters())
+    assert all(torch.equal(now[name], p) for name, p in frozen.items())  # ... and not changed by the step
 
 
 @pytest.mark.parametrize("mode", ["generation", "harmonization"])  # harmonization: batch norm, lrelu 0.3

@@ -201,17 +201,8 @@ def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
             f"the image is {height}x{width} pixels, smaller than --min_size {config.min_size}; "
             "use a larger image or a smaller --min_size"
         )
-    # math.pow and this order of operations as in the reference, so that ceil() sees the same floats.
-    f = math.pow(config.min_size / smallest, 1 / stop)
-    sizes = []
-    for i in range(stop):
-        if config.mode.pyramid == "geometric":
-            exponent = stop - i
-        elif stop == 1:  # ln(stop) = 0: a single lower stage sits at min_size
-            exponent = 1
-        else:
-            exponent = ((stop - 1) / math.log(stop)) * math.log(stop - i) + 1
-        sizes.append(scaled_size(height, width, math.pow(f, exponent)))
+    # stage_scales: math.pow and the reference's order of operations, so that ceil() sees the same floats.
+    sizes = [scaled_size(height, width, s) for s in stage_scales(height, width, config)[:-1]]
     sizes.append((height, width))
     need = min_stage_side(config)
     low = min(min(s) for s in sizes)
