@@ -130,10 +130,32 @@ def test_train_sample_and_refuse_escaping_names(app):
     assert not (models.parent / "x").exists()
 
     image, pad = c.predict(name, 1.0, -0.5, 0, 1, api_name="/explore")
-    assert np.asarray(Image.open(image)).shape == (30, 45, 3)
+    assert np.asarray(Image.open(image)).shape == (256, 384, 3)  # 30x45 shown enlarged to 384 px
     gif = c.predict(name, 1, 0.1, 0.9, 6, 10, 0, "gif", api_name="/animate")[2]
     assert Image.open(gif).n_frames == 6
     assert len(list((folder / "Web").glob("animation_*/*.gif"))) == 1
+
+
+def test_explore_moves_one_sample_smoothly(app):
+    """Explore's noise: unit variance wherever the point is, the layout stages fixed, nearby points
+    nearby images, a preview one stage below the top."""
+    import torch
+
+    import consingan
+    from consingan.webapp.explore import point_noise, render
+
+    model = consingan.load(app["models"] / model_named(app, "generation"))
+    noise = point_noise(model, 2.0, -1.5, seed=3, start_scale=1)
+    assert torch.equal(noise[0], model.fixed[0])  # below the start scale: the fixed noise
+    z, far = point_noise(model, 0.0, 0.0, 3, 1), point_noise(model, 30.0, 0.0, 3, 1)
+    assert not torch.equal(noise[1], z[1]) and abs(float(far[1].std()) - 1) < 0.2
+    base = render(model, 0.0, 0.0, 3, 1)
+    near, away = render(model, 0.05, 0.0, 3, 1), render(model, 2.0, 0.0, 3, 1)
+    assert tuple(base.shape[-2:]) == tuple(model.shapes[-1])
+    assert 0 < float((near - base).abs().mean()) < float((away - base).abs().mean())
+    assert torch.equal(render(model, 0.0, 0.0, 3, 1), base)  # the same point, the same image
+    preview = render(model, 0.05, 0.0, 3, 0, preview=True)
+    assert tuple(preview.shape[-2:]) == tuple(model.shapes[-2])
 
 
 def test_harmonize_with_a_drawn_mask(app):

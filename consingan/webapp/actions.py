@@ -436,6 +436,10 @@ def explore(state: AppState, name: str, x: Any, y: Any, seed: Any, start_scale: 
     seed = seed_of(0 if seed in (None, "") else seed)
     image = render(model, real(x, "x", -10, 10), real(y, "y", -10, 10), seed,
                    whole(start_scale, "start scale", 0, model.num_stages - 1), preview=preview)
+    if tuple(image.shape[-2:]) != tuple(model.shapes[-1]):  # the preview's lower stage, shown at the full size
+        import torch.nn.functional as F
+
+        image = F.interpolate(image, size=tuple(model.shapes[-1]), mode="bilinear", align_corners=False)
     return to_uint8(image[0])
 
 

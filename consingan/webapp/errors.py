@@ -55,7 +55,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     import gradio as gr
 
     def run(args, kwargs):
-        _local.warnings = []
+        outermost = getattr(_local, "warnings", None) is None  # a guarded handler may call another
+        if outermost:
+            _local.warnings = []
         try:
             return fn(*args, **kwargs)
         except gr.Error:
@@ -67,23 +69,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
                 text = f"internal error: {type(exc).__name__}: {exc} (the server's log has the traceback)"
             raise gr.Error(text, print_exception=False) from None
         finally:
-            for message in _local.warnings:
-                gr.Warning(message)
-            _local.warnings = None
-
-    if _is_generator(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
-            yield from run(args, kwargs)
-        return gen_wrapper
+            if outermost:
+                pending, _local.warnings = _local.warnings, None
+                for message in pending:
+                    gr.Warning(message)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return run(args, kwargs)
     return wrapper
-
-
-def _is_generator(fn) -> bool:
-    import inspect
-
-    return inspect.isgeneratorfunction(fn)

@@ -29,6 +29,19 @@ def pad_image(x: float = 0.0, y: float = 0.0) -> np.ndarray:
     return img
 
 
+def shown_large(image: np.ndarray, side: int = 384) -> np.ndarray:
+    """An image enlarged (bicubic) for the page until its longer side reaches ``side``; the browser would
+    show a small model's image at its own few pixels. The preview's smaller stage is enlarged to the
+    same size, so the picture does not jump while dragging."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if max(h, w) >= side:
+        return image
+    f = side / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.BICUBIC))
+
+
 def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
     from .estimate import describe_seconds
 
@@ -112,8 +125,10 @@ def build(state: act.AppState) -> gr.Blocks:
                                           elem_id="train-job")
                         t_status = gr.Markdown(job_markdown(state, None), elem_id="train-status")
                         with gr.Row():
-                            t_samples = gr.Image(format="png", label="Latest samples", interactive=False, elem_id="train-samples")
-                            t_recon = gr.Image(format="png", label="Reconstruction", interactive=False, elem_id="train-reconstruction")
+                            t_samples = gr.Image(format="png", label="Latest samples", interactive=False, height=260,
+                                                 elem_id="train-samples")
+                            t_recon = gr.Image(format="png", label="Reconstruction", interactive=False, height=260,
+                                               elem_id="train-reconstruction")
                         t_result = gr.Image(format="png", label="Fine-tuning result", interactive=False, visible=False)
                 gr.Markdown("### Models")
                 t_table = gr.Dataframe(act.models_table(state), headers=["model", "mode", "stages", "max_size", "saved"],
@@ -138,7 +153,7 @@ def build(state: act.AppState) -> gr.Blocks:
                         s_zip = gr.File(label="All samples (zip)", interactive=False)
                         s_where = gr.Markdown()
                     with gr.Column(scale=2):
-                        s_gallery = gr.Gallery(format="png", label="Samples", columns=4, height=480, elem_id="samples-gallery")
+                        s_gallery = gr.Gallery(format="png", label="Samples", columns=4, height=480, object_fit="contain", elem_id="samples-gallery")
 
             # --- Harmonize / edit ---------------------------------------------------------------
             with gr.Tab("Harmonize / edit", id="harmonize", elem_id="tab-harmonize"):
@@ -155,7 +170,7 @@ def build(state: act.AppState) -> gr.Blocks:
                             h_x = gr.Slider(0, 1, 0.5, step=0.01, label="x (centre)", elem_id="harmonize-x")
                             h_y = gr.Slider(0, 1, 0.5, step=0.01, label="y (centre)", elem_id="harmonize-y")
                             h_scale = gr.Slider(0.05, 3, 1.0, step=0.05, label="scale", elem_id="harmonize-scale")
-                        h_composite = gr.Image(format="png", label="Naive image (click to move the object)", interactive=False,
+                        h_composite = gr.Image(format="png", label="Naive image (click to move the object)", interactive=False, height=260,
                                                elem_id="harmonize-composite")
                     with gr.Column(scale=1):
                         gr.Markdown("**Or draw the mask**: upload a naive image (the object already pasted in), "
@@ -167,8 +182,9 @@ def build(state: act.AppState) -> gr.Blocks:
                     h_seed = gr.Number(0, label="Seed", precision=0)
                     h_go = gr.Button("Harmonize", variant="primary", elem_id="harmonize-go")
                 with gr.Row():
-                    h_raw = gr.Image(format="png", label="Result", interactive=False, elem_id="harmonize-raw")
-                    h_blend = gr.Image(format="png", label="Result blended by the mask", interactive=False, elem_id="harmonize-blended")
+                    h_raw = gr.Image(format="png", label="Result", interactive=False, height=300, elem_id="harmonize-raw")
+                    h_blend = gr.Image(format="png", label="Result blended by the mask", interactive=False, height=300,
+                                      elem_id="harmonize-blended")
                 h_where = gr.Markdown()
                 with gr.Row():
                     h_niter = gr.Number(500, label="Fine-tuning iterations", precision=0, minimum=1)
@@ -190,7 +206,7 @@ def build(state: act.AppState) -> gr.Blocks:
                             p_seed = gr.Number(0, label="Seed", precision=0)
                             p_go = gr.Button("Paint to image", variant="primary", elem_id="paint-go")
                     with gr.Column(scale=2):
-                        p_gallery = gr.Gallery(format="png", label="Images", columns=2, height=480, elem_id="paint-gallery")
+                        p_gallery = gr.Gallery(format="png", label="Images", columns=2, height=480, object_fit="contain", elem_id="paint-gallery")
                         p_where = gr.Markdown()
 
             # --- Super-resolution ---------------------------------------------------------------
@@ -202,8 +218,8 @@ def build(state: act.AppState) -> gr.Blocks:
                     r_seed = gr.Number(0, label="Seed", precision=0)
                     r_go = gr.Button("Enlarge", variant="primary", elem_id="superres-go")
                 with gr.Row():
-                    r_sr = gr.Image(format="png", label="ConSinGAN", interactive=False, elem_id="superres-result")
-                    r_bic = gr.Image(format="png", label="Bicubic", interactive=False)
+                    r_sr = gr.Image(format="png", label="ConSinGAN", interactive=False, height=420, elem_id="superres-result")
+                    r_bic = gr.Image(format="png", label="Bicubic", interactive=False, height=420)
                 r_where = gr.Markdown()
 
             # --- Animation ----------------------------------------------------------------------
@@ -222,7 +238,8 @@ def build(state: act.AppState) -> gr.Blocks:
                             a_fmt = gr.Radio(["gif", "mp4"], value="gif", label="Format")
                         a_go = gr.Button("Animate", variant="primary", elem_id="animation-go")
                     with gr.Column(scale=1):
-                        a_gif = gr.Image(format="png", label="Preview", type="filepath", interactive=False, elem_id="animation-preview")
+                        a_gif = gr.Image(format="png", label="Preview", type="filepath", interactive=False, height=360,
+                                         elem_id="animation-preview")
                         a_video = gr.Video(label="Preview", interactive=False, visible=False)
                         a_file = gr.File(label="File", interactive=False)
 
@@ -470,11 +487,11 @@ def build(state: act.AppState) -> gr.Blocks:
 
         @guarded
         def explore_full(name, x, y, seed, start):
-            return act.explore(state, name, x, y, seed, start, preview=False), pad_image(x, y)
+            return shown_large(act.explore(state, name, x, y, seed, start, preview=False)), pad_image(x, y)
 
         @guarded
         def explore_preview(name, x, y, seed, start):
-            return act.explore(state, name, x, y, seed, start, preview=True), pad_image(x, y)
+            return shown_large(act.explore(state, name, x, y, seed, start, preview=True)), pad_image(x, y)
 
         e_inputs = [e_model, e_x, e_y, e_seed, e_start]
         for slider in (e_x, e_y):
