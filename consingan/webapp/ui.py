@@ -42,6 +42,24 @@ def shown_large(image: np.ndarray, side: int = 384) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.BICUBIC))
 
 
+def large_gif(path: str, side: int = 320) -> str:
+    """The page's preview of a small model's GIF: a copy enlarged (bicubic) beside it; the file itself
+    keeps the model's size."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as gif:
+        w, h = gif.size
+        if max(w, h) >= side:
+            return path
+        f = side / max(w, h)
+        size = (round(w * f), round(h * f))
+        frames = [frame.convert("RGB").resize(size, Image.BICUBIC) for frame in ImageSequence.Iterator(gif)]
+        duration, loop = gif.info.get("duration", 100), gif.info.get("loop", 0)
+    out = path[: -len(".gif")] + "_preview.gif"
+    frames[0].save(out, save_all=True, append_images=frames[1:], duration=duration, loop=loop)
+    return out
+
+
 def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
     from .estimate import describe_seconds
 
@@ -318,6 +336,7 @@ def build(state: act.AppState) -> gr.Blocks:
             else:
                 with job.lock:
                     images = [job.samples, job.reconstruction, job.result]
+                images = [None if im is None else shown_large(im, 256) for im in images]
                 out += [gr.update(value=images[0]), gr.update(value=images[1]),
                         gr.update(value=images[2], visible=images[2] is not None)]
             count = state.queue.finished_count
@@ -345,6 +364,11 @@ def build(state: act.AppState) -> gr.Blocks:
                     show_progress="hidden")
         demo.load(estimate, [t_image, t_example, *train_settings], t_estimate, api_visibility="private",
                   show_progress="hidden")
+        @guarded
+        def show_example(example):
+            return state.serve(act.example_path(state, example)) if example else gr.skip()
+
+        t_example.change(show_example, t_example, t_image, api_visibility="private", show_progress="hidden")
         t_start.click(train, [t_image, t_example, *train_settings], [t_job, t_status], api_name="train")
         t_stop.click(stop, t_job, t_status, api_name="stop")
         t_resume.click(resume, t_resume_pick, [t_job, t_status], api_name="resume")
@@ -480,7 +504,7 @@ def build(state: act.AppState) -> gr.Blocks:
             path = state.serve(act.animate(state, name, start, alpha, beta, frames, fps, seed, fmt))
             if fmt == "mp4":
                 return gr.update(value=None, visible=False), gr.update(value=path, visible=True), path
-            return gr.update(value=path, visible=True), gr.update(value=None, visible=False), path
+            return gr.update(value=large_gif(path), visible=True), gr.update(value=None, visible=False), path
 
         a_go.click(animate, [a_model, a_start, a_alpha, a_beta, a_frames, a_fps, a_seed, a_fmt], [a_gif, a_video, a_file],
                    api_name="animate")
