@@ -15,9 +15,44 @@ TINY_FLAGS = ["--train_stages", "3", "--niter", "20", "--nfc", "8", "--min_size"
               "--manualSeed", "7", "--device", "cpu", "--progress", "plain"]
 
 
-def run_cli(*args, check=True):
-    """Run a command-line program of the project (e.g. 'main_train.py', ...) and return the result."""
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+# The project's scripts and the commands they stand for (conftest runs them in-process).
+SCRIPTS = {"main_train.py": "train", "main_generate.py": "generate", "evaluate_model.py": "generate"}
+
+
+def run_cli(*args, check=True, subprocess_=False):
+    """Run a command-line program of the project ('main_train.py ...', '-m consingan ...') and return
+    (returncode, stdout, stderr) like subprocess.run. The project's commands run in-process (typer's
+    test runner, in the repository root): much faster than a fresh Python each. An exception that
+    escapes a command is written to stderr as the traceback Python would print, so a test that looks
+    for 'Traceback' still sees it. ``subprocess_``: a real process (what a script's own entry does)."""
+    import os
+    import traceback
+    from types import SimpleNamespace
+
+    args = [str(a) for a in args]
+    argv = None
+    if not subprocess_ and args and args[0] in SCRIPTS:
+        argv = [SCRIPTS[args[0]], *args[1:]]
+    elif not subprocess_ and args[:2] == ["-m", "consingan"]:
+        argv = args[2:]
+    if argv is None:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    else:
+        from typer.testing import CliRunner
+
+        from consingan.cli import app
+
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            result = CliRunner().invoke(app, argv)
+        finally:
+            os.chdir(cwd)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(*result.exc_info))
+        code = result.exit_code if result.exception is None or isinstance(result.exception, SystemExit) else 1
+        proc = SimpleNamespace(returncode=code, stdout=result.stdout, stderr=stderr, args=args)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
