@@ -194,10 +194,12 @@ def test_harmonize_with_a_drawn_mask(app):
 
 def test_paint_from_the_models_colours(app):
     c, models = app["client"], app["models"]
-    name = model_named(app, "generation")  # any model whose stage 0 takes an image paints
+    assert train(app, "paint", colors="4")["state"] == "done"
+    name = model_named(app, "paint")
+    assert json.loads((models / name / "config.json").read_text())["paint_colors"] == 4
     update, swatch = c.predict(name, api_name="/paint_canvas")
     colours = update["brush"]["colors"]
-    assert 1 <= len(colours) <= 5 and all(h.startswith("#") and len(h) == 7 for h in colours)
+    assert 1 <= len(colours) <= 4 and all(h.startswith("#") and len(h) == 7 for h in colours)
     canvas = np.asarray(Image.open(update["value"]["background"]).convert("RGB"))
     assert canvas.shape == (30, 45, 3)
     used = {"#%02x%02x%02x" % tuple(p) for p in canvas.reshape(-1, 3)}
@@ -212,6 +214,19 @@ def test_paint_from_the_models_colours(app):
     out = next((models / name / "Web").glob("paint_*"))
     assert sorted(p.name for p in out.glob("painted_*.png")) == ["painted_0.png", "painted_1.png", "painted_2.png"]
     assert (out / "painting.png").is_file() and (out / "painting_stage0.png").is_file()
+
+
+def test_super_resolution(app):
+    c, models = app["client"], app["models"]
+    assert train(app, "superres", sr="2")["state"] == "done"
+    name = model_named(app, "superres")
+    with pytest.raises(AppError, match="factor must be a number from 1.01 to 16"):
+        c.predict(name, 0.5, 0, api_name="/super_resolve")
+    sr, bicubic, where = c.predict(name, 2, 0, api_name="/super_resolve")
+    out = next((models / name / "Web").glob("superres_*"))
+    assert sorted(p.name for p in out.iterdir()) == ["bicubic_x2.png", "sr_x2.png"]
+    assert Image.open(out / "sr_x2.png").size == Image.open(out / "bicubic_x2.png").size == (90, 60)
+    assert np.array_equal(np.asarray(Image.open(sr).convert("RGB")), np.asarray(Image.open(out / "sr_x2.png").convert("RGB")))
 
 
 def test_stop_leaves_a_resumable_checkpoint(app):

@@ -12,6 +12,7 @@ import atexit
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,6 +36,10 @@ def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto
 
     install_warning_hook()
     state = AppState(ModelStore(root), upload, device=device)
+    # The time estimate's measurement of this machine (a fraction of a second), before the first page asks.
+    from .estimate import machine_rate
+
+    threading.Thread(target=machine_rate, args=(state.torch_device.type,), daemon=True).start()
     return build(state), state
 
 

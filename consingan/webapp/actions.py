@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_SEED, MODES
+from ..config import MAX_SEED, MODES, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
 from .jobs import Job, JobCallbacks, TrainingQueue
 from .store import ModelStore, inside
@@ -33,7 +33,7 @@ MAX_FRAMES = 300
 MAX_SCALE = 8.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MODE_NAMES = list(MODES)
-PRESETS = ("fast", "paper")
+PRESETS = tuple(sorted(CONFIG_PRESETS, key=lambda p: p != "fast"))  # fast first: the page's default
 
 
 def examples_dir() -> Path:

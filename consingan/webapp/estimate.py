@@ -10,6 +10,7 @@ runs (forward and backward, 64 channels, float32); bfloat16 where the device has
 from __future__ import annotations
 
 import functools
+import threading
 import time
 
 import torch
@@ -23,9 +24,18 @@ GPU_OVERHEAD_S = 0.004
 BF16_FACTOR = 0.58  # measured end to end on the CPU (a fast run: 22 -> 13 min)
 
 
-@functools.lru_cache(maxsize=4)
+_rate_lock = threading.Lock()
+
+
 def machine_rate(device_type: str = "cpu") -> float:
-    """FLOP/s of a 64-channel 3x3 convolution's forward and backward pass on this device (about 0.2 s)."""
+    """FLOP/s of a 64-channel 3x3 convolution's forward and backward pass on this device, measured once
+    (about 0.2 s; callers at the same time wait for the one measurement)."""
+    with _rate_lock:
+        return _measured_rate(device_type)
+
+
+@functools.lru_cache(maxsize=4)
+def _measured_rate(device_type: str) -> float:
     device = torch.device("cuda" if device_type == "cuda" else "cpu")
     conv = torch.nn.Conv2d(64, 64, 3).to(device, memory_format=torch.channels_last)
     x = torch.randn(1, 64, 96, 144, device=device).to(memory_format=torch.channels_last).requires_grad_(True)

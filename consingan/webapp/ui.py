@@ -112,7 +112,8 @@ def build(state: act.AppState) -> gr.Blocks:
                         with gr.Row():
                             t_mode = gr.Dropdown(act.MODE_NAMES, value="generation", label="Mode", elem_id="train-mode")
                             t_preset = gr.Radio(list(act.PRESETS), value="fast", label="Preset",
-                                                info="fast: fewer top-stage iterations (README: The fast preset)",
+                                                info="fast: fewer top-stage iterations; quick: 128 px, a first "
+                                                     "look; paper: the paper's settings (README: The fast preset)",
                                                 elem_id="train-preset")
                         with gr.Accordion("Settings (blank: the mode's and preset's default)", open=False,
                                           elem_id="train-settings"):
@@ -160,12 +161,12 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         s_model = model_dropdown("Model", None, "samples-model")
                         with gr.Row():
-                            s_num = gr.Number(8, elem_id="samples-num", label="Number", precision=0, minimum=1, maximum=act.MAX_SAMPLES)
+                            s_num = gr.Number(8, elem_id="samples-num", label="Number", precision=0)
                             s_seed = gr.Number(0, elem_id="samples-seed", label="Seed", precision=0)
                         with gr.Row():
-                            s_h = gr.Number(1.0, elem_id="samples-scale-h", label="Height scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
-                            s_w = gr.Number(1.0, elem_id="samples-scale-w", label="Width scale", minimum=0.1, maximum=act.MAX_SCALE, step=0.1)
-                            s_start = gr.Number(0, elem_id="samples-start", label="Start scale", precision=0, minimum=0,
+                            s_h = gr.Number(1.0, elem_id="samples-scale-h", label="Height scale", step=0.1)
+                            s_w = gr.Number(1.0, elem_id="samples-scale-w", label="Width scale", step=0.1)
+                            s_start = gr.Number(0, elem_id="samples-start", label="Start scale", precision=0,
                                                 info="stages below keep the training image's layout")
                         s_go = gr.Button("Generate", variant="primary", elem_id="samples-go")
                         s_zip = gr.File(label="All samples (zip)", interactive=False)
@@ -205,7 +206,7 @@ def build(state: act.AppState) -> gr.Blocks:
                                       elem_id="harmonize-blended")
                 h_where = gr.Markdown()
                 with gr.Row():
-                    h_niter = gr.Number(500, label="Fine-tuning iterations", precision=0, minimum=1)
+                    h_niter = gr.Number(500, label="Fine-tuning iterations", precision=0)
                     h_tune = gr.Button("Fine-tune on this naive image")
                 h_tune_msg = gr.Markdown()
 
@@ -220,7 +221,7 @@ def build(state: act.AppState) -> gr.Blocks:
                                                   brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
                                                   elem_id="paint-canvas")
                         with gr.Row():
-                            p_num = gr.Number(4, elem_id="paint-num", label="Variations", precision=0, minimum=1, maximum=16)
+                            p_num = gr.Number(4, elem_id="paint-num", label="Variations", precision=0)
                             p_seed = gr.Number(0, label="Seed", precision=0)
                             p_go = gr.Button("Paint to image", variant="primary", elem_id="paint-go")
                     with gr.Column(scale=2):
@@ -232,7 +233,7 @@ def build(state: act.AppState) -> gr.Blocks:
                 r_model = model_dropdown("Super-resolution model (train one with mode superres)", ("superres",),
                                          "superres-model")
                 with gr.Row():
-                    r_factor = gr.Number(4.0, elem_id="superres-factor", label="Factor", minimum=1.01, maximum=16)
+                    r_factor = gr.Number(4.0, elem_id="superres-factor", label="Factor")
                     r_seed = gr.Number(0, label="Seed", precision=0)
                     r_go = gr.Button("Enlarge", variant="primary", elem_id="superres-go")
                 with gr.Row():
@@ -246,13 +247,13 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         a_model = model_dropdown("Model (animation mode is made for this)", None, "animation-model")
                         with gr.Row():
-                            a_start = gr.Number(1, elem_id="animation-start", label="Start scale", precision=0, minimum=0)
+                            a_start = gr.Number(1, elem_id="animation-start", label="Start scale", precision=0)
                             a_seed = gr.Number(0, label="Seed", precision=0)
                         a_alpha = gr.Slider(0, 1, 0.1, step=0.01, label="alpha (pull towards the reconstruction)")
                         a_beta = gr.Slider(0, 1, 0.9, step=0.01, label="beta (momentum: smoother, slower)")
                         with gr.Row():
-                            a_frames = gr.Number(40, elem_id="animation-frames", label="Frames", precision=0, minimum=1, maximum=act.MAX_FRAMES)
-                            a_fps = gr.Number(10, label="Frames per second", minimum=0.1, maximum=100)
+                            a_frames = gr.Number(40, elem_id="animation-frames", label="Frames", precision=0)
+                            a_fps = gr.Number(10, label="Frames per second")
                             a_fmt = gr.Radio(["gif", "mp4"], value="gif", label="Format")
                         a_go = gr.Button("Animate", variant="primary", elem_id="animation-go")
                     with gr.Column(scale=1):
@@ -268,7 +269,7 @@ def build(state: act.AppState) -> gr.Blocks:
                         e_model = model_dropdown("Model", None, "explore-model")
                         with gr.Row():
                             e_seed = gr.Number(0, elem_id="explore-seed", label="Seed", precision=0)
-                            e_start = gr.Number(1, elem_id="explore-start", label="Start scale", precision=0, minimum=0,
+                            e_start = gr.Number(1, elem_id="explore-start", label="Start scale", precision=0,
                                                 info="stages below keep the layout")
                         e_pad = gr.Image(value=pad_image(), format="png", label="Click to jump (x right, y up)", interactive=False,
                                          height=PAD_SIDE + 20, width=PAD_SIDE + 20, elem_id="explore-pad")
@@ -360,10 +361,11 @@ def build(state: act.AppState) -> gr.Blocks:
         for trigger in (t_image.change, t_example.change, t_mode.change, t_preset.change,
                         *(box.blur for box in (t_max, t_stages, t_niter, t_nfc, t_min, t_sr, t_colors)),
                         *(box.submit for box in (t_max, t_stages, t_niter, t_nfc, t_min, t_sr, t_colors))):
+            # one at a time, in order: a late answer for old settings must not overwrite the newest one
             trigger(estimate, [t_image, t_example, *train_settings], t_estimate, api_visibility="private",
-                    show_progress="hidden")
+                    show_progress="hidden", concurrency_id="estimate", concurrency_limit=1)
         demo.load(estimate, [t_image, t_example, *train_settings], t_estimate, api_visibility="private",
-                  show_progress="hidden")
+                  show_progress="hidden", concurrency_id="estimate", concurrency_limit=1)
         @guarded
         def show_example(example):
             return state.serve(act.example_path(state, example)) if example else gr.skip()
