@@ -290,12 +290,42 @@ def _result_from_disk(root: Path, job: Job, status: str, record: Mapping[str, An
                      attempts=int(record.get("attempts", 0)))
 
 
-def _clear(out: Path) -> None:
-    """Remove a job's folder (its partial or old outputs) unless another run holds it."""
+def foreign(root: Path, job: Job) -> str | None:
+    """Why ``root/<job.name>`` must not be touched by this job (None: it is absent, empty, or this image's
+    own work, as its record in .batch or its config.json says)."""
+    from .storage.outputs import LOCK_FILE
+
+    out = job_dir(root, job.name)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} is a file"
+    if not any(p.name != LOCK_FILE for p in out.iterdir()):
+        return None
+    source = read_record(root, job.name).get("image") or _run_info(out).get("input_name")
+    if source is None:
+        return f"{out} already holds files that no batch wrote"
+    if Path(source) != Path(job.image):
+        return f"{out} holds the work of another image ({source})"
+    return None
+
+
+def _refusal(problem: str) -> str:
+    return (f"{problem}; give this image another name (a manifest's name column) or use another --out_root "
+            "(nothing was removed)")
+
+
+def _clear(root: Path, job: Job) -> None:
+    """Remove a job's folder (its partial or old outputs) unless it is not this image's or another run
+    holds it (UserError)."""
     from .storage.outputs import claim_dir
 
+    out = job_dir(root, job.name)
     if not out.exists():
         return
+    problem = foreign(root, job)
+    if problem:
+        raise UserError(_refusal(problem))
     claim_dir(out, "model folder", fresh=False).release()  # in use by another run: UserError
     shutil.rmtree(out)
 
@@ -453,8 +483,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
         if reporter is not None:
             reporter.phase(status, error=error)
             reporter.close()
-        result = _result_from_disk(root, job, status, {**state, "seconds": round(seconds, 3)}, error=error or "")
-        result.error = error
+        result = _result_from_disk(root, job, status, {**state, "seconds": round(seconds, 3)}, error)
         result.resumed = resumed
         return result.to_dict()
 
@@ -465,7 +494,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
             return JobResult(image, name, INTERRUPTED, "stopped before it started", seconds_before,
                              attempts=attempts - 1).to_dict()
         if spec["force"] and not retry:
-            _clear(out)
+            _clear(root, job)
         write_record(root, name, state)
         extra = dict(checkpoint_every=spec["checkpoint_every"])
         if not _model_done(out):
@@ -478,7 +507,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                 api.resume(out, device=device, progress="none",
                            **_train_kwargs(api.resume, callbacks=[reporter] if reporter else [], stop=stop, **extra))
             else:
-                _clear(out)  # a try that died before its first checkpoint, or a failure being retried
+                _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
                 settings = dict(job.settings)
                 if reporter is not None:
                     reporter.phase("train")
@@ -594,6 +623,7 @@ def start_ray(num_cpus: int | None = None, num_gpus: int | None = None, address:
     address = address or os.environ.get("RAY_ADDRESS") or None
     ray = import_ray(local=address is None)
     if address is not None:
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -605,6 +635,32 @@ def start_ray(num_cpus: int | None = None, num_gpus: int | None = None, address:
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.ERROR,
              log_to_driver=False, object_store_memory=128 * 2**20)  # models never pass through it: small
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is an error now (Ray itself would retry for minutes)."""
+    if address == "local":
+        return
+    if address == "auto":  # the cluster Ray would pick: the last `ray start` on this machine, or a running one
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or "local"
+        except ConnectionError:
+            raise UserError("--address auto found no running Ray cluster on this machine; start one (ray start "
+                            "--head), give its HOST:PORT, or leave out --address to run locally") from None
+        except Exception:  # noqa: BLE001 - Ray's internals moved: let ray.init decide
+            return
+        if address == "local":
+            return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: give auto or HOST:PORT (the head node's, e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check the address (ray "
+                        "status on the head node shows it) or leave out --address to run locally") from None
 
 
 def _make_monitor_class(ray):
@@ -813,11 +869,9 @@ def plan(jobs: Sequence[Job], root: Path, samples: int, evaluate: bool, retry_fa
     for job in jobs:
         record = read_record(root, job.name)
         out = job_dir(root, job.name)
-        other = record.get("image") or _run_info(out).get("input_name")
-        if not force and other and Path(other) != Path(job.image) and out.exists():
-            results[job.name] = _result_from_disk(root, job, FAILED, {}, (
-                f"{out} holds the work of another image ({other}); give this image another name (a manifest's "
-                "name column), or use another --out_root, or --force to replace it"))
+        problem = foreign(root, job)
+        if problem:  # never touched, --force or not
+            results[job.name] = JobResult(job.image, job.name, FAILED, _refusal(problem))
         elif not force and finished(out, samples, evaluate):
             results[job.name] = _result_from_disk(root, job, SKIPPED, record)
         elif not force and not retry_failed and record.get("status") == FAILED:

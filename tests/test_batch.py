@@ -197,3 +197,15 @@ def test_output_names_are_unique_and_the_probe_names_what_a_worker_cannot_see(tm
     (folder / "driver").write_text("t0k")
     assert batch.probe_shared(str(folder), "t0k", "n1") is None and (folder / "node-n1").read_text() == "t0k"
     assert "another probe file" in batch.probe_shared(str(folder), "other", "n1")
+
+
+def test_a_folder_the_batch_did_not_write_is_never_touched(tmp_path):
+    image = write_image(tmp_path / "rock.png", 1)
+    root = tmp_path / "runs"
+    (root / "rock").mkdir(parents=True)
+    (root / "rock" / "notes.txt").write_text("mine")
+    for force in (False, True):
+        done, todo = batch.plan(batch.collect_jobs([image]), root, 0, False, retry_failed=False, force=force)
+        assert todo == [] and done["rock"].status == "failed"
+        assert "already holds files that no batch wrote" in done["rock"].error
+    assert (root / "rock" / "notes.txt").read_text() == "mine"
