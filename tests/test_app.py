@@ -77,10 +77,13 @@ def app(tmp_path_factory):
     image[:15] //= 2  # some structure: a darker top half
     Image.fromarray(image).save(base / "tiny.png")
     proc, url, log = start_server(models, cwd)
+    client = None
     try:
-        client = Client(url, verbose=False, download_files=str(base / "downloads"))
+        client = Client(url, verbose=False, download_files=str(base / "downloads"), analytics_enabled=False)
         yield {"client": client, "models": models, "base": base, "cwd": cwd, "log": log}
     finally:
+        if client is not None:
+            client.close()  # its open stream would hold up the server's shutdown
         stop_server(proc)
 
 
@@ -287,3 +290,67 @@ def test_another_host_than_loopback_is_warned_about(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         webapp.launch("unused", host="127.0.0.1", port=1)
     assert capsys.readouterr().err == ""
+
+
+def test_model_names_are_kept_inside_the_root(tmp_path):
+    from consingan.errors import UserError
+    from consingan.webapp.store import ModelStore
+
+    root, outside = tmp_path / "models", tmp_path / "elsewhere"
+    (root / "a" / "run").mkdir(parents=True)
+    (root / "a" / "run" / "model.pt").write_bytes(b"")
+    (root / "a" / "stopped").mkdir()
+    (root / "a" / "stopped" / "checkpoint.pt").write_bytes(b"")
+    outside.mkdir()
+    (outside / "model.pt").write_bytes(b"")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    store = ModelStore(root)
+    assert store.models() == ["a/run"] and store.interrupted() == ["a/stopped"]
+    assert store.model_dir("a/run") == root.absolute() / "a" / "run"
+    for name in ("../elsewhere", "a/../../elsewhere", str(outside), "link", "link/.", "a\\..\\..\\x"):
+        with pytest.raises(UserError, match="leaves the models folder|leads outside"):
+            store.model_dir(name)
+    with pytest.raises(UserError, match="no model chosen"):
+        store.model_dir("")
+
+
+def test_handlers_show_errors_and_warnings_as_the_command_line_words_them(monkeypatch):
+    """guarded: a UserError becomes gr.Error with its message, a library warning a gr.Warning, a bug a
+    short line; a handler that calls another reports its warnings once."""
+    import warnings
+
+    import gradio as gr
+
+    from consingan.errors import ConSinGANWarning, UserError
+    from consingan.webapp.errors import guarded, install_warning_hook
+
+    shown = []
+    monkeypatch.setattr(gr, "Warning", lambda message, *a, **k: shown.append(message))
+    install_warning_hook()  # pytest records warnings per test: the hook goes over its recorder
+
+    @guarded
+    def inner():
+        warnings.warn("the naive image is 30x30 but the model was trained on 30x45", ConSinGANWarning)
+        return 1
+
+    @guarded
+    def outer():
+        return inner() + 1
+
+    assert outer() == 2
+    assert shown == ["the naive image is 30x30 but the model was trained on 30x45"]
+
+    @guarded
+    def refuses():
+        raise UserError("--num_samples must be at least 1, not 0")
+
+    with pytest.raises(gr.Error) as err:
+        refuses()
+    assert err.value.message == "--num_samples must be at least 1, not 0"
+
+    @guarded
+    def bug():
+        raise KeyError("x")
+
+    with pytest.raises(gr.Error, match="internal error: KeyError"):
+        bug()

@@ -64,8 +64,9 @@ def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.
     try:
         demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                     show_error=True, quiet=quiet, footer_links=["api"], ssr_mode=False)
+    except KeyboardInterrupt:  # before the server was up: Gradio's own loop did not see it
+        demo.close()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        left = state.queue.shutdown(timeout=60)
-        for line in left:
+        for line in state.queue.shutdown(timeout=60):  # a running training stops at a checkpoint
             print(line, file=sys.stderr)

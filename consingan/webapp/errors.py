@@ -10,7 +10,6 @@ from typing import Any, Callable
 from ..errors import ConSinGANWarning, UserError
 
 _local = threading.local()
-_installed = False
 
 
 def message_of(exc: BaseException) -> str | None:
@@ -30,12 +29,10 @@ def message_of(exc: BaseException) -> str | None:
 def install_warning_hook() -> None:
     """ConSinGANWarning goes to the request that raised it (shown as a warning in the page); other
     warnings as before. Each handler runs on its own thread, so the messages are kept per thread."""
-    global _installed
-    if _installed:
-        return
-    _installed = True
-    warnings.simplefilter("always", ConSinGANWarning)
     previous = warnings.showwarning
+    if getattr(previous, "consingan_webapp", False):
+        return
+    warnings.simplefilter("always", ConSinGANWarning)
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, ConSinGANWarning):
@@ -45,6 +42,7 @@ def install_warning_hook() -> None:
                 return
         previous(message, category, filename, lineno, file, line)
 
+    show.consingan_webapp = True
     warnings.showwarning = show
 
 
