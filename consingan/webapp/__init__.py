@@ -35,7 +35,7 @@ def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto
     from .ui import build
 
     install_warning_hook()
-    state = AppState(ModelStore(root), upload, device=device)
+    state = AppState(ModelStore(root, device), upload, device=device)
     # The time estimate's measurement of this machine (a fraction of a second), before the first page asks.
     from .estimate import machine_rate
 

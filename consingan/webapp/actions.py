@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -332,7 +331,8 @@ def sample(state: AppState, name: str, num: Any, seed: Any, scale_h: Any, scale_
     return [str(f) for f in files], str(archive), out
 
 
-def model_image(model, which: str = "real") -> np.ndarray:
+def model_image(model) -> np.ndarray:
+    """The model's training image, HxWx3 uint8."""
     from ..core.image import to_uint8
 
     return to_uint8(model.real[0].cpu())

@@ -31,8 +31,9 @@ def inside(root: Path, path: Path) -> bool:
 class ModelStore:
     """The models under one root folder, named by their relative paths, and a cache of loaded ones."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, device: str = "auto"):
         self.root = Path(root).absolute()
+        self.device = device  # where loaded models run
         self._cache: dict[Path, tuple[float, object]] = {}
         self._lock = threading.Lock()
 
@@ -99,7 +100,7 @@ class ModelStore:
             hit = self._cache.get(path)
             if hit is not None and hit[0] == stamp:
                 return hit[1]
-        model = api.load(path, device="auto")
+        model = api.load(path, device=self.device)
         with self._lock:
             self._cache[path] = (stamp, model)
             while len(self._cache) > 4:  # a few models at a time; each holds its generator and images
