@@ -508,14 +508,13 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                            **_train_kwargs(api.resume, callbacks=[reporter] if reporter else [], stop=stop, **extra))
             else:
                 _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
-                settings = dict(job.settings)
+                config = _job_config(job)
                 if reporter is not None:
                     reporter.phase("train")
-                    _plan(reporter, make_config(**{**settings, "manualSeed": settings.get("manualSeed", 0)}), image)
-                api.train(image, out_dir=out, device=device, progress="none", input_name=image,
-                          run_info={"batch": str(root)},
-                          **_train_kwargs(api.train, callbacks=[reporter] if reporter else [], stop=stop, **extra),
-                          **settings)
+                    _plan(reporter, config, image)
+                api.train(image, config, out_dir=out, device=device, progress="none", input_name=image,
+                          run_info={"preset": job.settings.get("preset", "paper"), "batch": str(root)},
+                          **_train_kwargs(api.train, callbacks=[reporter] if reporter else [], stop=stop, **extra))
         if not (_samples_done(out, spec["samples"]) and _metrics_done(out, spec["evaluate"])):
             model = api.load(out, device=device)
             if not _samples_done(out, spec["samples"]):
@@ -538,6 +537,17 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
         return finish(INTERRUPTED, "interrupted")
     except Exception as exc:  # noqa: BLE001 - a bug or an odd file: this image fails, the others go on
         return finish(FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _job_config(job: Job) -> Config:
+    """The job's Config, as the train command makes it (superres: the pyramid step from --sr_factor)."""
+    config = make_config(**job.settings)
+    if config.train_mode == "superres":
+        from .api import as_image
+        from .tasks.superres import superres_config
+
+        config = superres_config(as_image(job.image), config, min_size_given="min_size" in job.settings)
+    return config
 
 
 def _checkpoint_names() -> tuple[str, str]:
