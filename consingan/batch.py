@@ -755,8 +755,10 @@ class _View:
         self.rows[name] = {**self.rows.get(name, {}), **state}
 
     def result(self, r: JobResult) -> None:
-        self.rows[r.name] = {**self.rows.get(r.name, {}), "phase": r.status, "error": r.error, "left": None,
-                             "seconds": r.seconds}
+        row = {**self.rows.get(r.name, {}), "phase": r.status, "error": r.error, "left": None, "seconds": r.seconds}
+        if r.status == DONE and row.get("num_stages"):  # its last report may predate the end
+            row.update(stage=row["num_stages"] - 1, niter=None)
+        self.rows[r.name] = row
 
     def refresh(self) -> None:
         if self.kind == "rich":
