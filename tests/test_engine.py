@@ -178,3 +178,13 @@ def test_the_presets_numbers_are_written_once_for_help_and_readme():
     assert "--niter_stages " + ",".join(map(str, fast.niter_stages)) in preset_flags("fast")
     with pytest.raises(TypeError):
         PRESETS["fast"]["top_Dsteps"] = 3  # read-only
+
+
+def test_the_default_run_directory_is_named_from_the_image_and_settings(tmp_path):
+    from consingan.config import make_config
+
+    c = make_config(manualSeed=4, niter=7)
+    path = consingan.api.default_out_dir("Images/Generation/rocket.png", c, root=tmp_path)
+    assert path.parent == tmp_path / "rocket" and path.name.endswith("_niter_7_max_250_seed_4")
+    path.mkdir(parents=True)
+    assert consingan.api.default_out_dir("Images/Generation/rocket.png", c, root=tmp_path) != path  # never reused
