@@ -196,7 +196,8 @@ def train(
         python main_train.py --input_name Images/Generation/rocket.png
         python main_train.py --input_name rocket.png --preset fast --out_dir r1
         python main_train.py --train_mode harmonization --input_name bg.png
-        python main_train.py --train_mode superres --input_name LR.png --sr_factor 4
+        python main_train.py --train_mode superres --input_name LR.png \\
+            --sr_factor 4
         python main_train.py --train_mode harmonization --fine_tune \\
             --model_dir M --naive_img naive.png
     """
@@ -426,7 +427,8 @@ def generate(
         consingan generate --model_dir M --scale_w 2 --seed 0
         consingan generate --model_dir M_animation --start_scale 1 --beta 0.9
         consingan generate --model_dir M_superres --sr_factor 4 --seed 0
-        consingan generate --model_dir M_paint --paint painting.png --num_samples 4
+        consingan generate --model_dir M_paint --paint painting.png \\
+            --num_samples 4
     """
     try:
         check_real(scale_h, "--scale_h", positive=True)
