@@ -28,7 +28,7 @@ from .core.runtime import resolve_precision
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
 from .model import ConSinGAN
-from .progress import count_progress, make_progress
+from .progress import check_progress, count_progress, make_progress
 from .storage.image_files import read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
 from .storage.outputs import OutputExists, claim_dir, write_bytes
@@ -74,7 +74,7 @@ def check_new_dir(path: Path, what: str = "--out_dir") -> None:
 
 
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
-          device: str = "auto", progress: str = "none", input_name: str | None = None,
+          device: str = "auto", progress: str | Callbacks = "none", input_name: str | None = None,
           checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, run_info: dict | None = None,
           callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None,
           **settings: Any) -> ConSinGAN:
@@ -90,6 +90,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     Randomness comes from the run's own generators seeded by ``manualSeed``: the same settings give
     the same model, also for several runs in one process.
     """
+    check_progress(progress)
     if config is None:
         run_info = {"preset": settings.get("preset", "paper"), **(run_info or {})}
         config = make_config(**settings)
@@ -165,6 +166,7 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
            stop: threading.Event | None = None) -> ConSinGAN:
     """Go on with an interrupted training run from ``out_dir/checkpoint.pt``: the same numbers as a
     run that was never interrupted."""
+    check_progress(progress)
     run = RunDir(out_dir)
     run.read_checkpoint() if not run.path.is_dir() else None  # no directory: say so before claiming one
     options = EngineOptions(device=str(resolve_device(device)), checkpoint_every=checkpoint_every)
@@ -192,6 +194,7 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
     touched. ``train_mode``, when given, must be the model's.
     """
+    check_progress(progress)
     model = load_model(model_dir)
     _harmonize.require_naive_mode(model.config, "--fine_tune")
     if train_mode is not None and train_mode != model.config.train_mode:

@@ -92,10 +92,24 @@ class RichProgress(StageProgress):
         self.progress.stop()
 
 
-def make_progress(kind: str = "auto") -> Callbacks | None:
-    """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none" (None)."""
+def check_progress(kind: "str | Callbacks") -> "str | Callbacks":
+    """``kind`` if make_progress takes it, else a UserError (checked before a run writes anything)."""
+    if not isinstance(kind, Callbacks) and kind not in ("auto", "plain", "rich", "none"):
+        from .errors import UserError
+
+        raise UserError(f"unknown progress {kind!r}; use auto, plain, rich or none (or a callbacks object)")
+    return kind
+
+
+def make_progress(kind: "str | Callbacks" = "auto") -> Callbacks | None:
+    """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none" (None); a callbacks object
+    (e.g. a PlainProgress writing to a stream of your own) is used as it is."""
+    if isinstance(check_progress(kind), Callbacks):
+        return kind
     if kind == "none":
         return None
+    if kind == "rich":
+        return RichProgress()
     if kind == "auto" and sys.stdout.isatty():
         return RichProgress()
     return PlainProgress()

@@ -188,3 +188,17 @@ def test_the_default_run_directory_is_named_from_the_image_and_settings(tmp_path
     assert path.parent == tmp_path / "rocket" and path.name.endswith("_niter_7_max_250_seed_4")
     path.mkdir(parents=True)
     assert consingan.api.default_out_dir("Images/Generation/rocket.png", c, root=tmp_path) != path  # never reused
+
+
+def test_progress_may_be_an_object_of_the_callers(tmp_path):
+    import io
+
+    from consingan.errors import UserError
+    from consingan.progress import PlainProgress
+
+    stream = io.StringIO()
+    consingan.train(image(), device="cpu", progress=PlainProgress(stream), **{**SETTINGS, "niter": 2})
+    assert "stage 3/3: 2 iterations" in stream.getvalue()
+    with pytest.raises(UserError, match="unknown progress 'lines'"):
+        consingan.train(image(), device="cpu", progress="lines", out_dir=tmp_path / "r", **SETTINGS)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
