@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import inspect
 import json
 import os
 import shutil
@@ -334,30 +333,14 @@ def _clear(root: Path, job: Job) -> None:
 # The worker side: one job, with its progress reported to the driver's monitor
 
 
-def _train_kwargs(fn: Callable, **wanted: Any) -> dict[str, Any]:
-    """The keyword arguments of ``wanted`` that ``fn`` takes (callbacks and stop came with the engine's
-    redesign; without them a job still trains, only without live progress and clean stops)."""
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in wanted.items() if k in params}
-
-
-def _callbacks_base():
-    try:
-        from .callbacks import Callbacks
-    except ImportError:
-        try:
-            from .core.callbacks import Callbacks
-        except ImportError:
-            Callbacks = object
-    return Callbacks
-
-
 def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, base=None):
     """A Callbacks object that keeps the job's live state, and a thread that sends it to the driver's
     monitor (a Ray actor) every REPORT_EVERY seconds and sets ``stop`` when ``stop_file`` appears (the
     driver's stop request). Reports are sent without waiting for an answer: a task blocked in ray.get
     or ray.wait lends its CPU to another task, which would run more jobs than there are CPUs."""
-    base = base or _callbacks_base()
+    from .callbacks import Callbacks
+
+    base = base or Callbacks
 
     class Reporter(base):  # type: ignore[misc, valid-type]
         def __init__(self):
@@ -504,8 +487,8 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     reporter.phase("resume")
                     config = Config.from_dict(_checkpoint_config(out))
                     _plan(reporter, config, image)
-                api.resume(out, device=device, progress="none",
-                           **_train_kwargs(api.resume, callbacks=[reporter] if reporter else [], stop=stop, **extra))
+                api.resume(out, device=device, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
+                           **extra)
             else:
                 _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
                 config = _job_config(job)
@@ -514,7 +497,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     _plan(reporter, config, image)
                 api.train(image, config, out_dir=out, device=device, progress="none", input_name=image,
                           run_info={"preset": job.settings.get("preset", "paper"), "batch": str(root)},
-                          **_train_kwargs(api.train, callbacks=[reporter] if reporter else [], stop=stop, **extra))
+                          callbacks=[reporter] if reporter else [], stop=stop, **extra)
         if not (_samples_done(out, spec["samples"]) and _metrics_done(out, spec["evaluate"])):
             model = api.load(out, device=device)
             if not _samples_done(out, spec["samples"]):
