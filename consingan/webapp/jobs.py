@@ -19,11 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-try:
-    from ..callbacks import Callbacks
-except ImportError:  # the engine's own module (the top-level one re-exports it)
-    from ..core.callbacks import Callbacks
-
+from ..callbacks import Callbacks
 from ..errors import UserError
 
 QUEUED, RUNNING, DONE, STOPPED, FAILED = "queued", "running", "done", "stopped", "failed"
