@@ -17,39 +17,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-import torch
-
 from .callbacks import CallbackList, Callbacks, StagePreviews, StopFlag, StopOnSignals
 from .config import Config, make_config
 from .core.engine import CHECKPOINT_EVERY, Engine, EngineOptions, TrainingStopped
-from .core.image import check_pixels, from_numpy, stage_sizes, training_image
+from .core.image import stage_sizes, training_image
 from .core.runtime import resolve_precision
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
 from .model import ConSinGAN
 from .progress import check_progress, count_progress, make_progress
-from .storage.image_files import read_image, save_image
+from .storage.image_files import as_image, read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
 from .storage.outputs import OutputExists, claim_dir, write_bytes
 from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, RunDir
 from .tasks import harmonize as _harmonize
 from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
 from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
-
-
-def as_image(image: Any, what: str = "input image") -> torch.Tensor:
-    """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor."""
-    if isinstance(image, (str, os.PathLike)):
-        t = read_image(image, what)
-    elif isinstance(image, np.ndarray):
-        t = from_numpy(image)
-    elif isinstance(image, torch.Tensor):
-        t = image.detach().float().cpu()
-        t = t.unsqueeze(0) if t.dim() == 3 else t
-    else:
-        raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(image).__name__}")
-    return check_pixels(t, what)  # NaN pixels would only surface as a NaN loss, with the wrong advice
 
 
 def default_out_dir(input_name: str, config: Config, root: str | Path = "TrainedModels") -> Path:

@@ -27,7 +27,7 @@ from ..config import Config
 from ..errors import ConSinGANWarning, UserError
 from .callbacks import CallbackList, Callbacks
 from .graphs import make_step
-from .image import grid, pyramid, training_image
+from .image import pyramid, training_image
 from .model import Model
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -194,7 +192,6 @@ def training_image(image: torch.Tensor, config: Config) -> torch.Tensor:
 
 def stage_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
     """(height, width) of each stage for a training image of the given size (docs/method.md section 1)."""
-    stop = config.stop_stage
     smallest = min(height, width)
     if smallest < config.min_size:
         raise UserError(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..core.image import _to_rgb_float, from_numpy, to_uint8
+from ..core.image import _to_rgb_float, check_pixels, from_numpy, to_uint8
 from ..errors import UserError
 
 # Pillow modes that hold another colour space or a palette, and the mode a viewer would show.
@@ -68,6 +69,28 @@ def read_image(path: str | os.PathLike, what: str = "input image") -> torch.Tens
     """Read an image file as a 1x3xHxW float tensor in [-1, 1]."""
     rgb = _to_rgb_float(read_array(path, what), str(path))
     return from_numpy(rgb)
+
+
+def as_image(image: Any, what: str = "input image",
+             check_array: Callable[[np.ndarray, str], None] | None = None) -> torch.Tensor:
+    """A path, an HxWx3 array (uint8 or [0, 1]) or a 1x3xHxW tensor in [-1, 1] -> 1x3xHxW tensor of
+    finite values. ``check_array(array, what)`` sees the pixels of a file or array as they are (with
+    their alpha channel, e.g. to refuse transparency) before they become RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        arr = read_array(image, what)
+        if check_array is not None:
+            check_array(arr, f"{what} {image}")
+        t = from_numpy(_to_rgb_float(arr, str(image)))
+    elif isinstance(image, np.ndarray):
+        if check_array is not None:
+            check_array(image, what)
+        t = from_numpy(image)
+    elif isinstance(image, torch.Tensor):
+        t = image.detach().float().cpu()
+        t = t.unsqueeze(0) if t.dim() == 3 else t
+    else:
+        raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(image).__name__}")
+    return check_pixels(t, what)  # NaN pixels would only surface as a NaN loss, with the wrong advice
 
 
 def save_image(image: torch.Tensor, path: str | os.PathLike, overwrite: bool = True) -> None:

@@ -191,12 +191,6 @@ class Claim:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "Claim":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
 
 def _same_file(fd: int, path: Path) -> bool:
     try:

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..core.image import _to_rgb_float, check_pixels, from_numpy, resize
+from ..core.image import resize
 from ..core.noise import random_noise
+from ..storage.image_files import as_image
 from ..errors import UserError
 from .sampling import make_generator
 
@@ -207,21 +208,7 @@ def require_image_stage0(config: Config, what: str = "--paint") -> None:
 def painting_tensor(painting: Any, what: str = "painting") -> torch.Tensor:
     """A painting (path, HxWx3/4 array or 1x3xHxW tensor in [-1, 1]) -> 1x3xHxW in [-1, 1]. A
     transparent pixel is refused: what it should show is unknown."""
-    if isinstance(painting, (str, os.PathLike)):
-        from ..storage.image_files import read_array
-
-        arr = read_array(painting, what)
-        _check_opaque(arr, f"{what} {painting}")
-        t = from_numpy(_to_rgb_float(arr, str(painting)))
-    elif isinstance(painting, np.ndarray):
-        _check_opaque(painting, what)
-        t = from_numpy(painting)
-    elif isinstance(painting, torch.Tensor):
-        t = painting.detach().float().cpu()
-        t = t.unsqueeze(0) if t.dim() == 3 else t
-    else:
-        raise TypeError(f"{what}: expected a path, numpy array or tensor, got {type(painting).__name__}")
-    return check_pixels(t, what)
+    return as_image(painting, what, check_array=_check_opaque)
 
 
 def _check_opaque(arr: np.ndarray, what: str) -> None:

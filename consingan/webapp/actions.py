@@ -446,7 +446,6 @@ def explore(state: AppState, name: str, x: Any, y: Any, seed: Any, start_scale: 
 def paint_canvas(state: AppState, name: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(the canvas: the model's stage-0 image in its palette colours at the training size, the palette as
     hex colours, a swatch image)."""
-    import torch
     import torch.nn.functional as F
 
     from ..core.image import to_uint8

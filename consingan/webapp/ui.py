@@ -87,7 +87,6 @@ def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
 
 def build(state: act.AppState) -> gr.Blocks:
     examples = act.examples(state)
-    all_models = state.store.models()
 
     def model_dropdown(label: str, modes: tuple[str, ...] | None, elem_id: str):
         names = act.models_of(state, modes)
