@@ -151,7 +151,8 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
     run that was never interrupted."""
     check_progress(progress)
     run = RunDir(out_dir)
-    run.read_checkpoint() if not run.path.is_dir() else None  # no directory: say so before claiming one
+    if not run.path.is_dir():
+        run.read_checkpoint()  # raises: says that there is nothing to resume, before a directory is made
     options = EngineOptions(device=str(resolve_device(device)), checkpoint_every=checkpoint_every)
     with _claimed(run, fresh=False):  # not while the run itself (or another resume) still goes on
         model, state = run.read_checkpoint()

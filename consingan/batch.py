@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .config import Config, make_config
 from .errors import UserError
+from .storage.rundir import RunDir
 
 RAY_MISSING = 'the batch runner needs Ray: pip install -e ".[ray]"'
 STATE_DIR = ".batch"  # per-image records, under out_root
@@ -256,9 +257,8 @@ def _metrics_done(out: Path, evaluate: bool) -> bool:
 
 
 def _model_done(out: Path) -> bool:
-    from .storage.model_file import MODEL_FILE
-
-    return (out / MODEL_FILE).exists() and not (out / _checkpoint_names()[0]).exists()
+    run = RunDir(out)
+    return run.model_file.exists() and not run.checkpoint_file.exists()
 
 
 def finished(out: Path, samples: int, evaluate: bool) -> bool:
@@ -267,8 +267,8 @@ def finished(out: Path, samples: int, evaluate: bool) -> bool:
 
 def _run_info(out: Path) -> dict[str, Any]:
     try:
-        return json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return RunDir(out).info()
+    except (OSError, UserError):  # unreadable or damaged: not a run this batch can claim
         return {}
 
 
@@ -435,8 +435,6 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     from . import api
     from .core.engine import TrainingStopped
 
-    CHECKPOINT_FILE = _checkpoint_names()[0]
-
     root, name, image = Path(spec["root"]), spec["name"], spec["image"]
     out = job_dir(root, name)
     job = Job(image, name, dict(spec["settings"]))
@@ -481,11 +479,11 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
         write_record(root, name, state)
         extra = dict(checkpoint_every=spec["checkpoint_every"])
         if not _model_done(out):
-            if (out / CHECKPOINT_FILE).exists():
+            if RunDir(out).checkpoint_file.exists():
                 resumed = True
                 if reporter is not None:
                     reporter.phase("resume")
-                    config = Config.from_dict(_checkpoint_config(out))
+                    config = RunDir(out).checkpoint_config()
                     _plan(reporter, config, image)
                 api.resume(out, device=device, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
                            **extra)
@@ -531,23 +529,6 @@ def _job_config(job: Job) -> Config:
 
         config = superres_config(as_image(job.image), config, min_size_given="min_size" in job.settings)
     return config
-
-
-def _checkpoint_names() -> tuple[str, str]:
-    """The checkpoint's file name and record format (the run directory's, after the engine's redesign)."""
-    try:
-        from .storage.rundir import CHECKPOINT_FILE, CHECKPOINT_FORMAT
-    except ImportError:
-        from .core.engine import CHECKPOINT_FILE, CHECKPOINT_FORMAT
-    return CHECKPOINT_FILE, CHECKPOINT_FORMAT
-
-
-def _checkpoint_config(out: Path) -> dict[str, Any]:
-    from .storage.model_file import read_record as read_model_record
-
-    CHECKPOINT_FILE, CHECKPOINT_FORMAT = _checkpoint_names()
-
-    return read_model_record(out / CHECKPOINT_FILE, kind=CHECKPOINT_FORMAT)["config"]
 
 
 def _plan(reporter, config: Config, image: str) -> None:

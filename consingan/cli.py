@@ -20,6 +20,7 @@ from . import api
 from .config import MAX_SEED, preset_help
 from .errors import UserError
 from .core.engine import TrainingStopped
+from .storage.rundir import resume_command
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
 # flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
@@ -129,7 +130,7 @@ def stopped_message(out: Path):
     except TrainingStopped as stop:
         typer.echo(f"error: {stop}", err=True)
         if stop.resume_hint and stop.checkpoint is not None and stop.checkpoint.exists():
-            typer.echo(f"Checkpoint saved in {out}. Resume with: python main_train.py --resume {out}", err=True)
+            typer.echo(f"Checkpoint saved in {out}. Resume with: {resume_command(out)}", err=True)
         raise typer.Exit(stop.exit_code)  # 130 Ctrl-C, 143 SIGTERM, 1 otherwise
 
 
