@@ -7,7 +7,7 @@
 
 Each variant runs in a process of its own, (a) (b) (a) (b) ..., so that each gets the process settings
 it runs with in practice and a slow spell of the machine hits both alike: (a) as the reference loop
-runs (default allocator), (b) as `consingan train` runs (consingan.core.runtime.tune_cpu_allocator on CPU).
+runs (default allocator), (b) as `consingan train` runs (consingan.process.tune_cpu_allocator on CPU).
 
 (a) is METHOD 3 done the plain way (consingan.core.step.plain_step): the fake recomputed in each
 discriminator step (twice without gradients, once with), D run separately on the real, fake and
@@ -44,7 +44,7 @@ from consingan.core.networks import set_fast_kernels  # noqa: E402
 from consingan.core.noise import random_noise  # noqa: E402
 from consingan.core.step import StageState, plain_step, train_step  # noqa: E402
 from consingan.core.engine import Engine, EngineOptions, make_optimizers  # noqa: E402
-from consingan.core.runtime import tune_cpu_allocator  # noqa: E402
+from consingan.process import tune_cpu_allocator  # noqa: E402
 
 IMAGE = Path(__file__).resolve().parents[1] / "Images" / "Generation" / "rocket.png"
 
@@ -71,7 +71,7 @@ def build_state(config, stage: int, device: torch.device, channels_last: bool,
                 tune_allocator: bool = True) -> tuple[StageState, Engine]:
     """Networks, optimizers and noise of ``stage`` for a paper-default run (untrained weights)."""
     if tune_allocator and device.type == "cpu":
-        tune_cpu_allocator()  # what the command line does (the library leaves it to its caller)
+        tune_cpu_allocator()  # what consingan.train does (plan.tune_process)
     options = EngineOptions(device=str(device), channels_last=channels_last)
     image = read_image(IMAGE)
     h, w = image.shape[-2:]

@@ -20,11 +20,10 @@ from typing import Any, Callable, Sequence
 from .callbacks import CallbackList, Callbacks, StagePreviews, StopFlag, StopOnSignals
 from .config import Config, make_config
 from .core.engine import CHECKPOINT_EVERY, Engine, EngineOptions, TrainingStopped
-from .core.image import stage_sizes, training_image
-from .core.runtime import resolve_precision
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
 from .model import ConSinGAN
+from .plan import Plan, prepare, tune_process
 from .progress import check_progress, count_progress, make_progress
 from .storage.image_files import as_image, read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
@@ -65,6 +64,9 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     ``config`` is given; ``train_mode`` picks the mode and its defaults, ``preset`` ("paper" or
     "fast") a set of settings over them. ``run_info``: extra keys for config.json. ``naive`` (harmonization,
     editing): an image whose result is written into every stage folder (not used for training).
+    ``image`` may also be a :class:`~consingan.plan.Plan` from :func:`prepare` (then no settings):
+    every door (this function, the command line, the batch runner, the web app) prepares its run
+    with ``prepare``, so the same settings give the same run and config.json.
 
     With ``out_dir``, the full model directory is written there (model.pt, config.json, log.jsonl,
     one folder per stage); the directory must not exist or be empty. ``callbacks``: objects with the
@@ -74,39 +76,42 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     the same model, also for several runs in one process.
     """
     check_progress(progress)
-    if config is None:
-        run_info = {"preset": settings.get("preset", "paper"), **(run_info or {})}
-        config = make_config(**settings)
-    elif settings:
-        config = config.replace(**settings)
-    real = as_image(image)
-    # Fail on a too-small image before anything is written.
-    trained = training_image(real, config)
-    stage_sizes(trained.shape[-2], trained.shape[-1], config)
+    if isinstance(image, Plan):
+        if config is not None or settings or naive is not None or run_info or input_name is not None:
+            raise TypeError("train(plan) takes the plan's settings: give them to prepare() instead")
+        plan = image
+    else:
+        plan = prepare(image, config, device=device, input_name=input_name, naive=naive, run_info=run_info,
+                       **settings)
+    return run_plan(plan, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every,
+                    callbacks=callbacks, stop=stop)
+
+
+def run_plan(plan: Plan, *, out_dir: str | Path | None = None, progress: str | Callbacks = "none",
+             checkpoint_every: int = CHECKPOINT_EVERY, callbacks: Sequence[Callbacks] = (),
+             stop: threading.Event | None = None) -> ConSinGAN:
+    """Train what ``plan`` describes (see train)."""
+    config = plan.config
     preview = None
-    if naive is not None:
-        _harmonize.require_naive_mode(config)
-        naive_img = as_image(naive, "naive image")
-        _harmonize.check_aspect(naive_img, trained)
-        preview = _harmonize.stage_preview(naive_img)
-    dev = resolve_device(device)
-    config = resolve_precision(config, dev)  # config.json records what the run uses
-    options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
+    if plan.naive is not None:
+        preview = _harmonize.stage_preview(as_image(plan.naive, "naive image"))
+    options = EngineOptions(device=str(plan.device), checkpoint_every=checkpoint_every)
     run = RunDir(out_dir) if out_dir is not None else None
+    tune_process(plan.device)
     with _claimed(run, fresh=True):
         if run is not None:
-            meta_input = input_name or (str(image) if isinstance(image, (str, os.PathLike)) else "array")
-            run.write_info(config, Path(meta_input).as_posix(), dev, naive, **(run_info or {}))
-        make = lambda cbs: Engine.start(real, config, options, cbs, stage0_input_for(config))  # noqa: E731
-        return _run(make, run, progress, callbacks, stop, preview)
+            run.write_info(config, plan.input_name, plan.device, plan.naive, **plan.run_info)
+        make = lambda cbs: Engine.start(plan.image, config, options, cbs, stage0_input_for(config))  # noqa: E731
+        return _run(make, run, progress, callbacks, stop, preview, estimate=lambda: plan.estimate)
 
 
 def _run(make: Callable[[list[Callbacks]], Engine], run: RunDir | None, progress: str,
-         callbacks: Sequence[Callbacks], stop: threading.Event | None, preview=None) -> ConSinGAN:
+         callbacks: Sequence[Callbacks], stop: threading.Event | None, preview=None, estimate=None) -> ConSinGAN:
     """Build the engine with the callbacks a run gets (the run directory's writer and its stage
     previews, progress, the stop flag, Ctrl-C/SIGTERM on the main thread, the caller's), run it,
-    finish the run directory. A stop gives TrainingStopped with the checkpoint to go on from."""
-    bar = make_progress(progress)
+    finish the run directory. A stop gives TrainingStopped with the checkpoint to go on from.
+    ``estimate``: a function giving the run's cost estimate, for the progress lines' time left."""
+    bar = make_progress(progress, estimate)
     signals = StopOnSignals()
     writer = run.writer() if run is not None else None
     told = CallbackList([writer, bar, StopFlag(stop) if stop is not None else None, signals, *callbacks])
@@ -153,7 +158,9 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
     run = RunDir(out_dir)
     if not run.path.is_dir():
         run.read_checkpoint()  # raises: says that there is nothing to resume, before a directory is made
-    options = EngineOptions(device=str(resolve_device(device)), checkpoint_every=checkpoint_every)
+    dev = resolve_device(device)
+    options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
+    tune_process(dev)
     with _claimed(run, fresh=False):  # not while the run itself (or another resume) still goes on
         model, state = run.read_checkpoint()
         run.clean()  # temporary files a killed write left
@@ -193,6 +200,7 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     run = RunDir(out_dir if out_dir is not None else _harmonize.fine_tune_dir(model_dir))
     dev = resolve_device(device)
     options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
+    tune_process(dev)
     with _claimed(run, fresh=True):
         run.write_info(model.config, RunDir(Path(model_dir)).info().get(INPUT_KEY), dev, naive,
                        **{FINE_TUNED_KEY: Path(model_dir).as_posix()})
@@ -282,5 +290,5 @@ def write_metrics(model: ConSinGAN, out: str | Path, num_samples: int = 50, seed
     return path, metrics
 
 
-__all__ = ["ConSinGAN", "Config", "make_config", "train", "load", "write_samples", "write_metrics", "save_image",
+__all__ = ["ConSinGAN", "Config", "make_config", "prepare", "Plan", "train", "load", "write_samples", "write_metrics", "save_image",
            "read_image", "MODEL_FILE", "Walk", "animate", "reference_walks", "write_animations"]

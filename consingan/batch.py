@@ -347,10 +347,7 @@ def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, b
             self.state: dict[str, Any] = {"phase": "starting", "pid": os.getpid(), "node": socket.gethostname(),
                                           "stage": None, "num_stages": None, "iteration": 0, "niter": None,
                                           "left": None, "checkpoints": 0, "checkpoint_at": None}
-            self.areas: list[int] = []  # pixels per stage, for the time-left estimate
-            self.niters: list[int] = []
-            self.t_stage = time.perf_counter()
-            self.first = 0
+            self.timer = None  # core/cost.TimeLeft of the run, once its estimate is known
             self.wake = threading.Event()
             self.done = threading.Event()
             self.thread = threading.Thread(target=self._loop, name=f"consingan-batch-report-{name}", daemon=True)
@@ -359,19 +356,15 @@ def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, b
         # --- callbacks (training thread) ---
         def on_stage_start(self, stage, num_stages, niter, first_iter):
             self.state.update(stage=stage, num_stages=num_stages, niter=niter, iteration=first_iter)
-            self.t_stage, self.first = time.perf_counter(), first_iter
+            if self.timer is not None:
+                self.timer.update(stage, first_iter)
             self.wake.set()
 
         def on_iteration(self, stage, iteration, logged=None):
             self.state["iteration"] = iteration
-            done = iteration - self.first
-            if done > 0 and self.niters:
-                per_iter = (time.perf_counter() - self.t_stage) / done
-                left = per_iter * (self.state["niter"] - iteration)
-                area = self.areas[stage] or 1
-                for k in range(stage + 1, len(self.niters)):  # later stages cost about their pixel count
-                    left += per_iter * self.niters[k] * max(1.0, self.areas[k] / area)
-                self.state["left"] = left
+            if self.timer is not None:
+                self.timer.update(stage, iteration)
+                self.state["left"] = self.timer.seconds(stage, iteration)
 
         def on_checkpoint(self, stage, iteration):
             self.state["checkpoints"] += 1
@@ -386,12 +379,9 @@ def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, b
             self.state.update(phase=phase, **extra)
             self.wake.set()
 
-        def plan(self, config: Config, height: int, width: int) -> None:
-            from .core.image import stage_sizes
-
-            sizes = stage_sizes(height, width, config)
-            self.areas = [h * w for h, w in sizes]
-            self.niters = [config.stage_niter(k) for k in range(len(sizes))]
+        def plan(self, estimate) -> None:
+            """The run's cost estimate (core/cost.Estimate), for the time left."""
+            self.timer = estimate.time_left()
 
         def _loop(self) -> None:
             import ray
@@ -483,19 +473,17 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                 resumed = True
                 if reporter is not None:
                     reporter.phase("resume")
-                    config = RunDir(out).checkpoint_config()
-                    _plan(reporter, config, image)
+                    _resume_estimate(reporter, RunDir(out).checkpoint_config(), image, device)
                 api.resume(out, device=device, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
                            **extra)
             else:
                 _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
-                config = _job_config(job)
+                plan = job_plan(job, device, root)
                 if reporter is not None:
                     reporter.phase("train")
-                    _plan(reporter, config, image)
-                api.train(image, config, out_dir=out, device=device, progress="none", input_name=image,
-                          run_info={"preset": job.settings.get("preset", "paper"), "batch": str(root)},
-                          callbacks=[reporter] if reporter else [], stop=stop, **extra)
+                    reporter.plan(plan.estimate)
+                api.train(plan, out_dir=out, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
+                          **extra)
         if not (_samples_done(out, spec["samples"]) and _metrics_done(out, spec["evaluate"])):
             model = api.load(out, device=device)
             if not _samples_done(out, spec["samples"]):
@@ -520,25 +508,26 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
         return finish(FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
-def _job_config(job: Job) -> Config:
-    """The job's Config, as the train command makes it (superres: the pyramid step from --sr_factor)."""
-    config = make_config(**job.settings)
-    if config.train_mode == "superres":
-        from .api import as_image
-        from .tasks.superres import superres_config
+def job_plan(job: Job, device: str = "auto", root: Path | None = None):
+    """The job's prepared run (consingan.plan.prepare, as the train command prepares it: the preset,
+    the mode's defaults, the superres pyramid, the checks and the estimate). ``root``: the batch's
+    out_root, recorded in config.json."""
+    from .plan import prepare
 
-        config = superres_config(as_image(job.image), config, min_size_given="min_size" in job.settings)
-    return config
+    return prepare(job.image, device=device, input_name=job.image,
+                   run_info={"batch": str(root)} if root is not None else None, **job.settings)
 
 
-def _plan(reporter, config: Config, image: str) -> None:
-    """The reporter's stage sizes for its time-left estimate (best effort: a bad image fails later, in train)."""
+def _resume_estimate(reporter, config: Config, image: str, device: str) -> None:
+    """The reporter's time-left estimate of a resumed job (best effort: a bad image fails later, in resume)."""
     try:
-        from .api import as_image
-        from .core.image import training_image
+        from PIL import Image
 
-        t = training_image(as_image(image), config)
-        reporter.plan(config, t.shape[-2], t.shape[-1])
+        from .plan import estimate_for
+
+        with Image.open(image) as im:
+            w, h = im.size
+        reporter.plan(estimate_for(config, h, w, device))
     except Exception:  # noqa: BLE001
         pass
 
@@ -834,6 +823,20 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     if stopped:
         raise KeyboardInterrupt
     return ordered
+
+
+def dry_run(images: Any, out_root: str | os.PathLike, *, device: str = "auto", gpus_per_job: float = 0,
+            **settings: Any) -> list[tuple[Job, Any]]:
+    """(job, prepared run) of every image, as ``run`` would train it (consingan.plan.Plan: the settings
+    config.json would hold, the stage sizes, the estimate). Nothing is written and Ray is not started."""
+    import torch
+
+    jobs = collect_jobs(images, settings)
+    check_settings(jobs)
+    if device == "auto":  # as a job decides: a GPU only when it asks for one
+        device = "cuda" if gpus_per_job > 0 and torch.cuda.is_available() else "cpu"
+    root = Path(out_root).resolve()
+    return [(job, job_plan(job, device, root)) for job in jobs]
 
 
 def plan(jobs: Sequence[Job], root: Path, samples: int, evaluate: bool, retry_failed: bool,

@@ -20,6 +20,7 @@ from . import api
 from .config import MAX_SEED, preset_help
 from .errors import UserError
 from .core.engine import TrainingStopped
+from .plan import check_object, check_samples
 from .storage.rundir import resume_command
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
@@ -190,6 +191,8 @@ def train(
     fine_tune: Annotated[bool, opt("--fine_tune", help="train only the top stage of --model_dir on --naive_img "
                                    "(writes a new model)")] = False,
     model_dir: Annotated[Optional[str], opt("--model_dir", help="the model to fine-tune")] = None,
+    dry_run: Annotated[bool, opt("--dry_run", help="print the resolved settings (as config.json would hold them), "
+                                 "the stage sizes and the estimated time and peak memory; write nothing")] = False,
 ) -> None:
     """Train a model on one image, or fine-tune a harmonization/editing model on a naive image.
 
@@ -203,6 +206,8 @@ def train(
             --model_dir M --naive_img naive.png
     """
     try:
+        if dry_run and (resume or fine_tune or model_dir):
+            raise UserError("--dry_run prepares a new training run; leave out --resume, --fine_tune and --model_dir")
         if resume:
             out = Path(resume)
             fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
@@ -214,7 +219,6 @@ def train(
             if out.is_dir():
                 output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
             echo_device(dev)
-            process_speedups(dev)
             with stopped_message(out):
                 api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
             typer.echo(f"Model saved to: {out}")
@@ -229,31 +233,23 @@ def train(
         for flag, value, mode in (("--sr_factor", sr_factor, "superres"), ("--paint_colors", paint_colors, "paint")):
             if value is not None and train_mode != mode:
                 raise UserError(f"{flag} only applies to --train_mode {mode}; add --train_mode {mode} or drop {flag}")
-        config = api.make_config(
-            train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
+        plan = api.prepare(
+            input_name, device=api.resolve_device(device, gpu, not_cuda), naive=naive_img,
+            train_mode=train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,
             niter_stages=parse_counts(niter_stages, "--niter_stages"),
             Dsteps_stages=parse_counts(Dsteps_stages, "--Dsteps_stages"),
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
             batch_norm=batch_norm, manualSeed=manualSeed, sr_factor=sr_factor, paint_colors=paint_colors)
-        dev = api.resolve_device(device, gpu, not_cuda)
-        image = api.read_image(input_name)
-        if config.mode.name == "superres":  # docs/method.md 5: the pyramid step is the upsampling step
-            from .tasks import superres
-
-            config = superres.superres_config(image, config, min_size_given=min_size is not None)
-            shrunk = superres.shrunk_warning(image, config)
-            if shrunk:
-                typer.echo(f"warning: {shrunk}", err=True)
-        check_training_memory(image, config, dev)
-        out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
+        if dry_run:  # what would run, and nothing written
+            typer.echo(plan.describe())
+            return
+        out = Path(out_dir) if out_dir else api.default_out_dir(input_name, plan.config)
         output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
-        echo_device(dev)
-        process_speedups(dev)
+        echo_device(plan.device)
         with stopped_message(out):
-            api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
-                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
+            api.train(plan, out_dir=out, progress=progress, checkpoint_every=checkpoint_every)
     except HANDLED as e:
         fail_on(e, "train at a smaller size (--max_size) or with fewer channels (--nfc)")
     typer.echo(f"Model saved to: {out}")
@@ -297,7 +293,6 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     out = Path(out_dir) if out_dir else api.fine_tune_dir(model_dir)
     output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
     echo_device(torch_device(device))
-    process_speedups(torch_device(device))
     with stopped_message(out):
         api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
                       progress=progress, train_mode=train_mode if mode_given else None,
@@ -312,41 +307,10 @@ def echo_device(device) -> None:
     typer.echo(f"Device: {describe(device)}")
 
 
-def process_speedups(device) -> None:
-    """Process-wide settings that keep the numbers and make training faster, which the library leaves
-    to its caller: glibc keeps freed memory for reuse on the CPU (core/runtime.py), cuDNN picks its
-    fastest convolution algorithms on a GPU."""
-    import torch
-
-    from .core.runtime import tune_cpu_allocator
-
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
 def torch_device(name: str):
     import torch
 
     return torch.device(name)
-
-
-def check_training_memory(image, config, device) -> None:
-    """Refuse, before any work, settings whose networks and activations cannot fit in memory (a huge
-    --nfc, or a huge image with a huge --max_size). A rough upper estimate: the weights with their
-    gradients and two Adam moments, and about eight activation maps of every layer at the top stage."""
-    from .device import check_memory
-    from .core.image import scaled_size
-
-    h, w = image.shape[-2:]
-    top = scaled_size(h, w, min(config.max_size / max(h, w), 1.0))
-    border = 2 * config.num_layer * config.pad
-    convs = (2 + config.train_stages * config.num_layer) + (config.num_layer + 2)  # G, then D
-    weights = 4.0 * 4 * convs * config.nfc ** 2 * config.ker_size ** 2
-    activations = 4.0 * 8 * (config.num_layer + 2) * config.nfc * (top[0] + border) * (top[1] + border)
-    check_memory(weights + activations, f"training with --nfc {config.nfc} on {top[0]}x{top[1]} pixels",
-                 "lower --nfc or --max_size", device)
 
 
 @contextmanager
@@ -466,7 +430,7 @@ def generate(
                 typer.echo(f"Saved: {path}")
             return
         target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
-        check_sample_memory(model, scale_h, scale_w, num_samples)
+        check_samples(model, scale_h, scale_w, num_samples)
         animation = dict(alpha=alpha, beta=beta, num_frames=num_frames, fps=fps, format=fmt)
         if model.config.mode.inference == "animation":
             write_animations(model, target, seed, start_scale, animation, scale_h, scale_w)
@@ -512,7 +476,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
             raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
         factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
         target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
-        check_sample_memory(model, factor, factor, 1)
+        check_samples(model, factor, factor, 1)
         for path in superres.write_results(model, target, factor, seed=seed):
             typer.echo(f"Saved: {path}")
         return
@@ -521,27 +485,12 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
     painting.require_image_stage0(model.config)
     n = PAINT_SAMPLES if num_samples is None else num_samples
     target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(paint).stem, OUT_FIX)
-    check_sample_memory(model, 1.0, 1.0, n)
+    check_samples(model, 1.0, 1.0, n)
     for path in painting.write_results(model, paint, target, num_samples=n, seed=seed):
         typer.echo(f"Saved: {path}")
 # Frame rates for animations: a GIF stores frame times in 1/100 s (so at most 100 fps) in 16 bits (at most
 # 655 s, which Pillow can exceed when it merges identical frames into one: 10 s per frame leaves room).
 MIN_FPS, MAX_FPS = 0.1, 100.0
-
-
-def check_sample_memory(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0) -> None:
-    """Refuse, before any work, samples too large to generate: a batch of them at the top stage holds
-    about six feature maps of nfc channels (a rough upper estimate); ``kept`` samples are held at once
-    (evaluate), with room for their patches."""
-    from .device import check_memory
-
-    c = model.config
-    h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
-    border = 2 * c.num_layer * c.pad
-    batch = max(1, min(num_samples, 1 if c.batch_norm else 8))
-    check_memory(4.0 * 6 * batch * c.nfc * (h + border) * (w + border) + 4.0 * 4 * 3 * kept * h * w,
-                 f"samples of {h:.0f}x{w:.0f} pixels (--scale_h {scale_h:g} --scale_w {scale_w:g})",
-                 "use smaller --scale_h/--scale_w", model.device)
 
 
 def write_animations(model, target: Path, seed: Optional[int], start_scale: Optional[int], animation: dict,
@@ -581,7 +530,7 @@ def evaluate(
         model = load_model_arg(model_dir, device, gpu, not_cuda)
         target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
         output_folder(target, OUT_FIX)
-        check_sample_memory(model, 1.0, 1.0, num_samples, kept=num_samples)
+        check_samples(model, 1.0, 1.0, num_samples, kept=num_samples)
         path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)
     except HANDLED as e:
         fail_on(e, "use a smaller --num_samples")
@@ -617,7 +566,7 @@ def compose(
         check_real(scale, "--scale", positive=True)
         check_image_name(out, "--out")
         output_folder(Path(out).parent, "choose another --out")
-        check_object_memory(obj, scale)
+        check_object(obj, scale)
         naive, mask_file = write_composite(background, obj, out, x, y, scale=scale, object_mask=object_mask)
     except HANDLED as e:
         fail_on(e, "use a smaller --scale")
@@ -634,21 +583,6 @@ def check_image_name(name: str, flag: str) -> None:
     if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
         raise UserError(f"{flag} {name} has no image extension, so the writer cannot tell the format; "
                         f"end it with one of {', '.join(IMAGE_EXTENSIONS)} (e.g. .png)")
-
-
-def check_object_memory(obj: str, scale: float) -> None:
-    """compose: refuse a --scale that would blow the object up beyond memory (read from its header)."""
-    from PIL import Image
-
-    from .device import check_memory
-
-    try:
-        with Image.open(obj) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - unreadable or missing: write_composite says so in its own words
-        return
-    check_memory(4.0 * 4 * 4 * h * w * scale * scale, f"an object scaled to {h * scale:.0f}x{w * scale:.0f} pixels "
-                 f"(--scale {scale:g})", "use a smaller --scale", torch_device("cpu"))
 
 
 @app.command()
@@ -696,6 +630,8 @@ def batch(
     retries: Annotated[int, opt("--retries", help="retries of a job whose worker died [3]")] = 3,
     retry_failed: Annotated[bool, opt("--retry_failed", help="train the images that failed before again")] = False,
     force: Annotated[bool, opt("--force", help="train every image again from nothing (removes its old folder)")] = False,
+    dry_run: Annotated[bool, opt("--dry_run", help="print each image's resolved settings, stage sizes and estimate; "
+                                 "write nothing, start no Ray")] = False,
 ) -> None:
     """Train a model on each of many images, on Ray (local by default). Any train flag applies to every
     image; a manifest's columns override it per image. Run it again to go on: finished images are
@@ -712,6 +648,18 @@ def batch(
         settings = batch_train_flags(ctx.args)
         from . import batch as batch_runner
 
+        if dry_run:
+            for key in ("progress", "checkpoint_every"):
+                settings.pop(key, None)
+            plans = batch_runner.dry_run(images, out_root, gpus_per_job=gpus_per_job, **settings)
+            for job, plan in plans:
+                typer.echo(f"{job.name} ({job.image}) -> {Path(out_root) / job.name}")
+                typer.echo(plan.describe())
+            from .core.cost import describe_seconds
+
+            total = sum(plan.estimate.seconds for _, plan in plans)
+            typer.echo(f"{len(plans)} image(s), about {describe_seconds(total)} of training in all on one worker")
+            return
         results = batch_runner.run(images, out_root, samples=samples, evaluate=evaluate, cpus_per_job=cpus_per_job,
                                    gpus_per_job=gpus_per_job, address=address, retries=retries,
                                    retry_failed=retry_failed, force=force, **settings)
@@ -771,7 +719,6 @@ def web_app(
 
     try:
         dev = api.resolve_device(device)
-        process_speedups(dev)
         output_folder(models_root, "pass --models_root DIR, a folder the app may write into")
         launch(models_root, host=host, port=port, device=str(dev))
     except HANDLED as e:

@@ -184,6 +184,9 @@ class Config:
     # paint mode: colours of the palette the stage-0 image is quantised to (docs/method.md 5).
     paint_colors: int = 5
 
+    def __post_init__(self) -> None:
+        self.validated()  # a Config cannot be built invalid: the same one-line UserError as the flag
+
     @property
     def mode(self) -> Mode:
         return mode_of(self.train_mode)
@@ -232,11 +235,12 @@ class Config:
         return cls(**d)
 
     def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes).validated()
+        return dataclasses.replace(self, **changes)  # checked again when made (__post_init__)
 
     def validated(self) -> "Config":
         """This config, or a UserError naming the first setting that is of the wrong type, out of range
-        or not finite (checked before any work, so a bad value never surfaces later as a NaN loss)."""
+        or not finite (checked before any work, so a bad value never surfaces later as a NaN loss).
+        Every Config is checked when it is made; this is the check itself."""
         self._check_types()
         mode_of(self.train_mode)
         checks = [
@@ -390,4 +394,4 @@ def make_config(train_mode: str = "generation", preset: str = "paper", **given: 
     unknown = set(values) - names
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
-    return Config(train_mode=train_mode, **values).validated()
+    return Config(train_mode=train_mode, **values)

@@ -16,12 +16,19 @@ def _fmt_losses(losses: Mapping[str, float] | None) -> str:
 
 
 class StageProgress(Callbacks):
-    """The engine's events as start_stage / update / close calls."""
+    """The engine's events as start_stage / update / close calls. ``timer``: the run's time left from
+    the cost model (core/cost.TimeLeft), when the run's estimate is known."""
+
+    timer = None
 
     def on_stage_start(self, stage, num_stages, niter, first_iter):
+        if self.timer is not None:
+            self.timer.update(stage, first_iter)
         self.start_stage(stage, num_stages, niter, first_iter)
 
     def on_iteration(self, stage, iteration, logged):
+        if self.timer is not None:
+            self.timer.update(stage, iteration)
         self.update(iteration, logged)
 
     def on_run_end(self, model):
@@ -55,7 +62,10 @@ class PlainProgress(StageProgress):
             return
         elapsed = time.perf_counter() - self.t0
         done = iteration - self.first
-        left = elapsed / done * (self.niter - iteration) if done else 0.0
+        if self.timer is not None:  # the whole run's time left (the cost model, kept to the pace so far)
+            left = self.timer.seconds(self.stage, iteration)
+        else:  # this stage's
+            left = elapsed / done * (self.niter - iteration) if done else 0.0
         # losses are read only every few hundred iterations (a read waits for the GPU): say from when
         shown = f"{_fmt_losses(self.losses)} (at iter {self.losses_at}) " if self.losses else ""
         print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} {shown}"
@@ -101,18 +111,20 @@ def check_progress(kind: "str | Callbacks") -> "str | Callbacks":
     return kind
 
 
-def make_progress(kind: "str | Callbacks" = "auto") -> Callbacks | None:
+def make_progress(kind: "str | Callbacks" = "auto", estimate=None) -> Callbacks | None:
     """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none" (None); a callbacks object
-    (e.g. a PlainProgress writing to a stream of your own) is used as it is."""
+    (e.g. a PlainProgress writing to a stream of your own) is used as it is. ``estimate``: a function
+    giving the run's core/cost.Estimate; the plain lines' time left is then the whole run's."""
     if isinstance(check_progress(kind), Callbacks):
         return kind
     if kind == "none":
         return None
-    if kind == "rich":
+    if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
         return RichProgress()
-    if kind == "auto" and sys.stdout.isatty():
-        return RichProgress()
-    return PlainProgress()
+    bar = PlainProgress()
+    if estimate is not None:
+        bar.timer = estimate().time_left()
+    return bar
 
 
 class _CountBar:

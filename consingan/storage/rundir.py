@@ -2,7 +2,8 @@
 checkpoint and model files, and the never-overwrite rule.
 
     <run>/config.json       the settings, where the image came from, the device (+ naive image, origin)
-    <run>/log.jsonl         one line per log point: stage, iter, losses, lr_g
+    <run>/log.jsonl         one line per log point: t, stage, iter, losses, lr_g; and one line per
+                            stage end: t, stage, event "stage_end", stage_s (the stage's wall time)
     <run>/<stage>/*.png     real, fake_iter_N, reconstruction_iter_N, reconstruction, samples_grid, previews
     <run>/checkpoint.pt     while training: the model so far + the training state (its own record)
     <run>/model.pt          when training finished (the checkpoint is then removed)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +47,16 @@ def resume_command(run: Path) -> str:
     return f"python main_train.py --resume {run}"
 
 
+def run_info(config: Config, input_name: str | None, device: torch.device | str, naive: Any = None,
+             **extra: Any) -> dict[str, Any]:
+    """config.json's contents: the settings, where the image came from, ``extra`` keys, the device,
+    and the naive image's path (one given as a file)."""
+    info = {**config.to_dict(), INPUT_KEY: input_name, **extra, DEVICE_KEY: str(device)}
+    if isinstance(naive, (str, os.PathLike)):
+        info[NAIVE_KEY] = Path(naive).as_posix()
+    return info
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -74,9 +86,7 @@ class RunDir:
                    naive: Any = None, **extra: Any) -> None:
         """The run's readable config.json: the settings, where the image came from, the device, and
         the naive image's path (a resumed run reads it back for its previews and stage-0 input)."""
-        info = {**config.to_dict(), INPUT_KEY: input_name, **extra, DEVICE_KEY: str(device)}
-        if isinstance(naive, (str, os.PathLike)):
-            info[NAIVE_KEY] = Path(naive).as_posix()
+        info = run_info(config, input_name, device, naive, **extra)
         write_bytes((json.dumps(info, indent=2) + "\n").encode("utf-8"), self.config_file)
 
     def info(self) -> dict[str, Any]:
@@ -155,23 +165,58 @@ class RunDir:
         return RunDirWriter(self)
 
 
-class RunDirWriter(Callbacks):
-    """The engine's outputs into a run directory: log.jsonl, the stage images, checkpoints."""
+def last_time(path: Path) -> float:
+    """The ``t`` of the last line of a log.jsonl (0.0 without one): where a resumed run's clock goes on."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return 0.0
+    for line in reversed(lines):
+        try:
+            t = json.loads(line).get("t")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(t, (int, float)):
+            return float(t)
+    return 0.0
 
-    def __init__(self, run: RunDir):
+
+class RunDirWriter(Callbacks):
+    """The engine's outputs into a run directory: log.jsonl, the stage images, checkpoints.
+
+    Every log.jsonl line has ``t``, the seconds of training since the run started (a resumed run goes
+    on from the last line's ``t``; the time it was stopped does not count), and each stage's end is a
+    line ``{"t", "stage", "event": "stage_end", "stage_s"}`` with the stage's wall time."""
+
+    def __init__(self, run: RunDir, clock=time.perf_counter):
         self.run = run
         self.log = None
+        self.clock = clock
+        self.t0 = clock()
+        self.stage_t0 = self.t0
 
     def on_run_start(self, num_stages: int) -> None:
         self.run.path.mkdir(parents=True, exist_ok=True)
+        offset = last_time(self.run.path / LOG_FILE)
         with self.run.no_space():
             self.log = open(self.run.path / LOG_FILE, "a", encoding="utf-8")
+        self.t0 = self.stage_t0 = self.clock() - offset
+
+    def _write(self, row: dict) -> None:
+        if self.log is not None:
+            with self.run.no_space():
+                self.log.write(json.dumps({"t": round(self.clock() - self.t0, 3), **row}) + "\n")
+                self.log.flush()
+
+    def on_stage_start(self, stage, num_stages, niter, first_iter) -> None:
+        self.stage_t0 = self.clock()
 
     def on_iteration(self, stage, iteration, logged) -> None:
-        if logged and self.log is not None:
-            with self.run.no_space():
-                self.log.write(json.dumps({"stage": stage, "iter": iteration, **logged}) + "\n")
-                self.log.flush()
+        if logged:
+            self._write({"stage": stage, "iter": iteration, **logged})
+
+    def on_stage_end(self, stage, model) -> None:
+        self._write({"stage": stage, "event": "stage_end", "stage_s": round(self.clock() - self.stage_t0, 3)})
 
     def on_image(self, stage, name, image) -> None:
         with self.run.no_space():

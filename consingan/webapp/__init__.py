@@ -37,9 +37,10 @@ def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto
     install_warning_hook()
     state = AppState(ModelStore(root, device), upload, device=device)
     # The time estimate's measurement of this machine (a fraction of a second), before the first page asks.
-    from .estimate import machine_rate
+    from ..config import Config
+    from ..core.cost import measure_machine
 
-    threading.Thread(target=machine_rate, args=(state.torch_device.type,), daemon=True).start()
+    threading.Thread(target=measure_machine, args=(state.torch_device, Config.nfc), daemon=True).start()
     return build(state), state
 
 

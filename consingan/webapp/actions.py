@@ -159,8 +159,9 @@ def training_source(state: AppState, upload: Any, example: str | None) -> Path:
 
 def make_settings(mode: str, preset: str, max_size: Any = None, train_stages: Any = None, niter: Any = None,
                   nfc: Any = None, min_size: Any = None, seed: Any = None, sr_factor: Any = None,
-                  paint_colors: Any = None):
-    """The Config of the page's settings (blank: the mode's and the preset's default)."""
+                  paint_colors: Any = None) -> dict[str, Any]:
+    """The page's settings as consingan.prepare takes them (blank: the mode's and the preset's default),
+    checked by Config's own rules (the same messages as the command line's flags)."""
     from ..config import make_config
 
     if mode not in MODES:
@@ -171,74 +172,83 @@ def make_settings(mode: str, preset: str, max_size: Any = None, train_stages: An
     def given(v):
         return v is not None and not (isinstance(v, str) and not v.strip())
 
-    values = {}
-    for key, v, low, high in (("max_size", max_size, 16, 2000), ("train_stages", train_stages, 2, 12),
-                              ("niter", niter, 1, 100000), ("nfc", nfc, 1, 512), ("min_size", min_size, 8, 2000)):
+    settings: dict[str, Any] = {"train_mode": mode, "preset": preset}
+    for key, v in (("max_size", max_size), ("train_stages", train_stages), ("niter", niter), ("nfc", nfc),
+                   ("min_size", min_size)):
         if given(v):
-            values[key] = whole(v, key, low, high)
+            settings[key] = integer(v, key)
     if mode == "superres" and given(sr_factor):
-        values["sr_factor"] = real(sr_factor, "sr_factor", 1.01, 64)
+        settings["sr_factor"] = number(sr_factor, "sr_factor")
     if mode == "paint" and given(paint_colors):
-        values["paint_colors"] = whole(paint_colors, "paint_colors", 2, 64)
-    return make_config(mode, preset=preset, manualSeed=seed_of(seed), **values)
+        settings["paint_colors"] = integer(paint_colors, "paint_colors")
+    settings["manualSeed"] = seed_of(seed)
+    make_config(**settings)  # the ranges are Config's: refused here, with the flag's message
+    return settings
 
 
-def prepared(state: AppState, image_path: Path, config, min_size_given: bool = False):
-    """(image tensor, config) as the train command prepares them (the superres pyramid, memory check)."""
+def integer(value: Any, what: str) -> int:
+    """A whole number from the page (its range is checked where the setting lives)."""
+    try:
+        number_ = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a whole number, not {value!r}") from None
+    if not number_.is_integer():
+        raise UserError(f"{what} must be a whole number, not {value}")
+    return int(number_)
+
+
+def number(value: Any, what: str) -> float:
+    """A number from the page (its range is checked where the setting lives)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, not {value!r}") from None
+
+
+def prepared(state: AppState, image_path: Path, settings: dict[str, Any]):
+    """The run the settings make on the image (consingan.prepare: as the train command prepares it)."""
+    from .. import api
+
+    return api.prepare(image_path, device=state.torch_device, input_name=image_path.name,
+                       run_info={"trained_with": "web app"}, **settings)
+
+
+def estimate_text(state: AppState, image_path: Path | None, settings: dict[str, Any]) -> str:
     import warnings
 
-    from .. import api
-    from ..cli import check_training_memory
-    from ..errors import ConSinGANWarning
-
-    image = api.read_image(image_path)
-    if config.train_mode == "superres":
-        from ..tasks import superres
-
-        config = superres.superres_config(image, config, min_size_given=min_size_given)
-        shrunk = superres.shrunk_warning(image, config)
-        if shrunk:
-            warnings.warn(shrunk, ConSinGANWarning, stacklevel=2)
-    check_training_memory(image, config, state.torch_device)
-    return image, config
-
-
-def estimate_text(state: AppState, image_path: Path | None, config) -> str:
-    from .estimate import describe_seconds, estimate_seconds
+    from ..core.cost import describe_seconds
+    from ..plan import estimate_for
 
     device = state.torch_device
     if image_path is not None:
-        from PIL import Image
-
-        with Image.open(image_path) as im:
-            w, h = im.size
+        with warnings.catch_warnings():  # shown when training starts, not at every keystroke
+            warnings.simplefilter("ignore")
+            plan = prepared(state, image_path, settings)
+        estimate, config = plan.estimate, plan.config
+        h, w = plan.image.shape[-2:]
         where = f"{h}x{w} image"
     else:
-        h, w = 167, 250
+        from ..config import make_config
+
+        config = make_config(**settings)
+        estimate = estimate_for(config, 167, 250, device)
         where = "250-px image"
-    seconds = estimate_seconds(config, h, w, device)
-    iters = "/".join(str(config.stage_niter(k)) for k in range(config.train_stages))
-    return (f"Expected time on this machine ({device.type}): **about {describe_seconds(seconds)}** for a {where} "
-            f"({config.train_stages} stages, {iters} iterations)")
+    iters = "/".join(str(n) for n in estimate.stage_niter)
+    return (f"Expected time on this machine ({device.type}): **about {describe_seconds(estimate.seconds)}** for a "
+            f"{where} ({config.train_stages} stages, {iters} iterations)")
 
 
-def start_training(state: AppState, image_path: Path, config, preset: str, min_size_given: bool = False) -> Job:
+def start_training(state: AppState, image_path: Path, settings: dict[str, Any]) -> Job:
     from .. import api
-    from .estimate import TimeLeft, stage_costs
 
-    image, config = prepared(state, image_path, config, min_size_given)
-    name = image_path.name
-    out = api.default_out_dir(name, config, root=state.store.root)
-    h, w = image.shape[-2:]
-    timer = TimeLeft(stage_costs(config, h, w, state.torch_device),
-                     [config.stage_niter(k) for k in range(config.train_stages)])
+    plan = prepared(state, image_path, settings)
+    out = api.default_out_dir(plan.input_name, plan.config, root=state.store.root)
+    timer = plan.estimate.time_left()
 
     def run(job: Job):
-        return api.train(image, config, out_dir=out, device=state.device, input_name=name,
-                         run_info={"preset": preset, "trained_with": "web app"},
-                         callbacks=[StageSamples(job)], stop=job.stop)
+        return api.train(plan, out_dir=out, callbacks=[StageSamples(job)], stop=job.stop)
 
-    return state.queue.submit("train", f"{config.train_mode} on {name}", out, run, timer=timer)
+    return state.queue.submit("train", f"{plan.config.train_mode} on {plan.input_name}", out, run, timer=timer)
 
 
 def resume_training(state: AppState, name: str) -> Job:
@@ -312,7 +322,7 @@ def sample(state: AppState, name: str, num: Any, seed: Any, scale_h: Any, scale_
            start_scale: Any) -> tuple[list[str], str, Path]:
     """Samples into <model>/Web/samples_<time>/: (image files, zip file, folder)."""
     from .. import api
-    from ..cli import check_sample_memory
+    from ..plan import check_samples
 
     model = state.store.load(name)
     n = whole(num, "number of samples", 1, MAX_SAMPLES)
@@ -320,7 +330,7 @@ def sample(state: AppState, name: str, num: Any, seed: Any, scale_h: Any, scale_
     sw = real(scale_w, "width scale", 0.1, MAX_SCALE)
     start = whole(start_scale or 0, "start scale", 0, model.num_stages)
     seed = seed_of(seed)
-    check_sample_memory(model, sh, sw, n)
+    check_samples(model, sh, sw, n)
     out = state.store.results_dir(name, "samples")
     folder = api.write_samples(model, out, num_samples=n, scale_h=sh, scale_w=sw, seed=seed, start_scale=start)
     files = sorted(folder.glob("gen_sample_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))

@@ -49,7 +49,7 @@ class Job:
     reconstruction: np.ndarray | None = None
     result: np.ndarray | None = None  # fine-tuning: the harmonized naive image after the run
     version: int = 0  # counts changes of the images
-    timer: Any = None  # estimate.TimeLeft, when the job's costs are known
+    timer: Any = None  # core.cost.TimeLeft, when the job's costs are known
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict[str, Any]:

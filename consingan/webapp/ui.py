@@ -61,7 +61,7 @@ def large_gif(path: str, side: int = 320) -> str:
 
 
 def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
-    from .estimate import describe_seconds
+    from ..core.cost import describe_seconds
 
     if snap is None:
         return "No training yet. Pick an image and press **Train**."
@@ -301,8 +301,8 @@ def build(state: act.AppState) -> gr.Blocks:
         @guarded
         def train(image, example, mode, preset, mx, stages, niter, nfc, mn, seed, sr, colors):
             path = act.training_source(state, image, example)
-            config = act.make_settings(mode, preset, mx, stages, niter, nfc, mn, seed, sr, colors)
-            job = act.start_training(state, path, config, preset, min_size_given=mn not in (None, ""))
+            settings = act.make_settings(mode, preset, mx, stages, niter, nfc, mn, seed, sr, colors)
+            job = act.start_training(state, path, settings)
             return job.id, job_markdown(state, job.snapshot())
 
         @guarded
