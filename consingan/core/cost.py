@@ -37,16 +37,25 @@ FLOAT_BYTES = 4
 # bfloat16 convolutions: a fast run took 0.58 of its float32 time on a 2-core CPU with AVX512-BF16
 # (benchmarks/README.md); the weights, optimizer and losses stay float32.
 BF16_FACTOR = 0.58
-# What the process holds before training: Python, torch and the package (about 220 MB measured on a
-# CPU); a GPU's CUDA context and cuDNN workspace take about as much of the GPU.
-BASE_BYTES = {"cpu": 2.4e8, "cuda": 5e8}
+# What the process holds besides the run's own tensors: Python, torch, the package and oneDNN's
+# kernels and scratch (about 330 MB for the smallest runs of benchmarks/cost.py on a CPU); a GPU's CUDA
+# context and cuDNN workspace take about 500 MB of the GPU.
+BASE_BYTES = {"cpu": 3.3e8, "cuda": 5e8}
 # Feature maps autograd keeps per convolution (its input, and its activation's output or mask).
 MAPS_PER_CONV = 2.0
 # Allocator slack: freed blocks kept for reuse (core/runtime tuning keeps the peak), temporaries.
 MEMORY_SLACK = 1.5
 # Convolution calls around one convolution (bias, activation, optimizer's share): the measured
-# latency of one convolution times this is the fixed cost of each.
+# latency of one convolution times this is the fixed cost of each (fitted to benchmarks/cost.py's runs).
 CALL_FACTOR = 2.0
+# The work around the convolutions (activations, upsampling, the additions, layout copies) grows with
+# channels x pixels where a convolution's grows with channels^2 x pixels: an iteration takes about
+# (1 + ELEMENTWISE_CHANNELS / nfc) times its convolutions' time at the measured rate (about 3.5 at nfc
+# 16, fitted to benchmarks/cost.py's runs; 1.6 at nfc 64, near bench_train.py's 250-px top stage).
+ELEMENTWISE_CHANNELS = 40.0
+# A stage's start and end (its first iterations' kernel set-up, the noise amplitude, the stage-end
+# samples and images) cost about this many of its iterations.
+STAGE_EXTRA_ITERATIONS = 6
 
 
 @dataclass(frozen=True)
@@ -70,22 +79,26 @@ TYPICAL = {"cpu": Machine("cpu", 2.9e11, 5e-5), "cuda": Machine("cuda", 4e13, 2e
 _lock = threading.Lock()
 
 
-def measure_machine(device: torch.device | str = "cpu", channels: int = 64) -> Machine:
-    """The machine's rate and latency for convolutions of ``channels`` channels on ``device``,
-    measured once per (device kind, channels) (a fraction of a second; callers at the same time wait
-    for the one measurement)."""
+def measure_machine(device: torch.device | str = "cpu", channels: int = 64,
+                    size: tuple[int, int] = (64, 96)) -> Machine:
+    """The machine's rate and latency for convolutions of ``channels`` channels on maps of ``size``
+    (height, width) on ``device``, with torch's current number of threads: measured once per
+    (device kind, channels, size, threads) in a process (a fraction of a second; callers at the same
+    time wait for the one measurement)."""
     kind = torch.device(device).type
+    kind = kind if kind in ("cpu", "cuda") else "cpu"
+    h, w = (max(8, int(v)) for v in size)
     with _lock:
-        return _measured(kind if kind in ("cpu", "cuda") else "cpu", max(1, int(channels)))
+        return _measured(kind, max(1, int(channels)), h, w, torch.get_num_threads())
 
 
-@functools.lru_cache(maxsize=16)
-def _measured(kind: str, channels: int) -> Machine:
+@functools.lru_cache(maxsize=32)
+def _measured(kind: str, channels: int, height: int, width: int, threads: int) -> Machine:
     device = torch.device(kind)
     conv = torch.nn.Conv2d(channels, channels, 3).to(device, memory_format=torch.channels_last)
 
     def best(h: int, w: int, repeats: int) -> float:
-        x = torch.randn(1, channels, h, w, device=device).to(memory_format=torch.channels_last)
+        x = torch.randn(2, channels, h, w, device=device).to(memory_format=torch.channels_last)
         x.requires_grad_(True)
         fastest = float("inf")
         for i in range(repeats + 2):
@@ -99,14 +112,11 @@ def _measured(kind: str, channels: int) -> Machine:
                 fastest = min(fastest, time.perf_counter() - t)
         return fastest
 
-    # a map large enough that the arithmetic dominates: about 0.4 GFLOP forward and backward
-    side = max(24, int(math.sqrt(0.4e9 / (3 * 2 * 9 * channels * channels))))
-    side = min(side, 400)
-    big = best(side, side * 3 // 2, 10)
-    small = best(5, 5, 20)  # a 3x3 output: nothing but the call itself
-    flops = 3 * conv_flops(channels, channels, 3, side - 2, side * 3 // 2 - 2)
+    big = best(height, width, 8)  # a batch of two, as training runs its maps
+    small = best(5, 5, 12)  # a 3x3 output: little but the call itself
+    flops = 3 * conv_flops(channels, channels, 3, height - 2, width - 2) * 2  # forward and two gradients
     rate = flops / max(big - small, 1e-9)
-    return Machine(kind, rate, small / 3)  # forward, input gradient, weight gradient
+    return Machine(kind, rate, small / 3)
 
 
 def conv_flops(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> float:
@@ -182,10 +192,11 @@ def training_sizes(config: Config, height: int, width: int) -> list[tuple[int, i
 def stage_seconds(config: Config, sizes: Sequence[tuple[int, int]], machine: Machine) -> list[float]:
     """Predicted seconds per iteration of each stage."""
     bf16 = BF16_FACTOR if config.precision == "bf16" else 1.0
+    around = 1.0 + ELEMENTWISE_CHANNELS / config.nfc
     costs = []
     for k in range(len(sizes)):
         work = iteration_work(config, sizes, k)
-        costs.append(work.flops / machine.rate * bf16 + work.calls * CALL_FACTOR * machine.latency)
+        costs.append(work.flops / machine.rate * around * bf16 + work.calls * CALL_FACTOR * machine.latency)
     return costs
 
 
@@ -225,8 +236,13 @@ class Estimate:
     machine: Machine
 
     @property
+    def stage_totals(self) -> tuple[float, ...]:
+        """Predicted seconds of each whole stage (its iterations, its start and its end)."""
+        return tuple(s * (n + STAGE_EXTRA_ITERATIONS) for s, n in zip(self.stage_seconds, self.stage_niter))
+
+    @property
     def seconds(self) -> float:
-        return sum(s * n for s, n in zip(self.stage_seconds, self.stage_niter))
+        return sum(self.stage_totals)
 
     def time_left(self) -> "TimeLeft":
         return TimeLeft(list(self.stage_seconds), list(self.stage_niter))
