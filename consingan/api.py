@@ -77,8 +77,10 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     """
     check_progress(progress)
     if isinstance(image, Plan):
-        if config is not None or settings or naive is not None or run_info or input_name is not None:
-            raise TypeError("train(plan) takes the plan's settings: give them to prepare() instead")
+        if (config is not None or settings or naive is not None or run_info or input_name is not None
+                or device != "auto"):
+            raise TypeError("train(plan) runs the plan as prepared: give settings, device, naive, run_info and "
+                            "input_name to prepare() instead")
         plan = image
     else:
         plan = prepare(image, config, device=device, input_name=input_name, naive=naive, run_info=run_info,
