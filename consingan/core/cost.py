@@ -94,11 +94,16 @@ def measure_machine(device: torch.device | str = "cpu", channels: int = 64,
 
 @functools.lru_cache(maxsize=32)
 def _measured(kind: str, channels: int, height: int, width: int, threads: int) -> Machine:
-    device = torch.device(kind)
+    with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they were
+        return _measure(torch.device(kind), channels, height, width)
+
+
+def _measure(device: torch.device, channels: int, height: int, width: int) -> Machine:
+    kind = device.type
     conv = torch.nn.Conv2d(channels, channels, 3).to(device, memory_format=torch.channels_last)
 
     def best(h: int, w: int, repeats: int) -> float:
-        x = torch.randn(2, channels, h, w, device=device).to(memory_format=torch.channels_last)
+        x = torch.randn(2, channels, h, w).to(device, memory_format=torch.channels_last)
         x.requires_grad_(True)
         fastest = float("inf")
         for i in range(repeats + 2):
