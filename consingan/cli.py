@@ -18,7 +18,7 @@ import typer
 
 from . import api
 from .config import MAX_SEED, preset_help
-from .errors import UserError
+from .errors import UserError, one_line
 from .core.engine import TrainingStopped
 from .storage.rundir import resume_command
 
@@ -60,18 +60,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def fail_on(exc: Exception, memory_fix: str) -> None:
-    """One ``error:`` line for what the user can fix: a UserError, an output that cannot be written
-    (OSError) and memory that ran out. Anything else is a bug and keeps its traceback."""
-    if isinstance(exc, UserError):
-        fail(str(exc))
-    if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else "a file"
-        fail(f"cannot write or read {where} ({exc.strerror or exc}); check the path and its permissions, or "
-             "write the output elsewhere")
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and not isinstance(exc, (typer.Exit, typer.Abort))
-                                        and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))):
-        fail(f"out of memory; {memory_fix}")
-    raise exc
+    """One ``error:`` line for what the user can fix (errors.one_line); anything else is a bug and keeps
+    its traceback."""
+    line = None if isinstance(exc, (typer.Exit, typer.Abort)) else one_line(exc, memory_fix)
+    if line is None:
+        raise exc
+    fail(line)
 
 
 # Errors the commands turn into one line (see fail_on); typer.Exit is a RuntimeError and passes through.
@@ -625,15 +619,12 @@ def compose(
     typer.echo(f"Mask saved to: {mask_file}")
 
 
-# What an output image's name must end with: formats every Pillow build writes without loss of the
-# pixels we make (8-bit RGB and gray).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def check_image_name(name: str, flag: str) -> None:
-    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+    from .storage.image_files import WRITE_SUFFIXES, is_image_name
+
+    if not is_image_name(name, WRITE_SUFFIXES):
         raise UserError(f"{flag} {name} has no image extension, so the writer cannot tell the format; "
-                        f"end it with one of {', '.join(IMAGE_EXTENSIONS)} (e.g. .png)")
+                        f"end it with one of {', '.join(WRITE_SUFFIXES)} (e.g. .png)")
 
 
 def check_object_memory(obj: str, scale: float) -> None:

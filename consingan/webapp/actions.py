@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -20,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_SEED, MODES, PRESETS as CONFIG_PRESETS
+from ..config import MAX_SEED, MODES, draw_seed, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
+from ..storage.image_files import is_image_name
 from .jobs import Job, JobCallbacks, TrainingQueue
 from .store import ModelStore, inside
 
@@ -30,7 +30,6 @@ MAX_PIXELS = 40_000_000  # an image is read whole before it is resized to max_si
 MAX_SAMPLES = 64
 MAX_FRAMES = 300
 MAX_SCALE = 8.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MODE_NAMES = list(MODES)
 PRESETS = tuple(sorted(CONFIG_PRESETS, key=lambda p: p != "fast"))  # fast first: the page's default
 
@@ -67,9 +66,9 @@ class AppState:
 # --- input checks -------------------------------------------------------------------------------
 
 def seed_of(value: Any) -> int:
-    """A seed from the page: blank -> a fresh random one; else a whole number 0..2^63-1."""
+    """A seed from the page: blank -> a fresh random one (config.draw_seed); else a whole number 0..2^63-1."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        return random.randint(0, 2**31 - 1)
+        return draw_seed()
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -133,7 +132,7 @@ def examples(state: AppState) -> list[str]:
     if not state.examples.is_dir():
         return []
     return sorted(p.relative_to(state.examples).as_posix() for p in state.examples.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
+                  if is_image_name(p) and "_mask" not in p.stem)
 
 
 def example_path(state: AppState, name: str) -> Path:
