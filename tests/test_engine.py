@@ -220,3 +220,27 @@ def test_progress_may_be_an_object_of_the_callers(tmp_path):
     with pytest.raises(UserError, match="unknown progress 'lines'"):
         consingan.train(image(), device="cpu", progress="lines", out_dir=tmp_path / "r", **SETTINGS)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("mode", ["harmonization", "superres"])
+def test_every_task_leaves_the_generator_in_the_mode_it_found_it(mode):
+    """Sampling runs G in eval mode and puts each module back: a model being trained stays in train mode
+    (the engine and the web app's previews rely on it), a loaded one in eval mode."""
+    from consingan.tasks.animate import Walk
+    from consingan.tasks.harmonize import harmonize
+
+    model = consingan.train(image(), train_mode=mode, device="cpu", **{**SETTINGS, "niter": 1})
+    tasks = {"sample": lambda: model.sample(2, seed=0), "reconstruct": model.reconstruct,
+             "animate": lambda: model.animate(Walk(num_frames=2), seed=0),
+             "paint": lambda: model.paint(image(), num_samples=1, seed=0)}
+    if mode == "harmonization":
+        tasks["harmonize"] = lambda: harmonize(model, image(), seed=0)
+    else:
+        tasks["superres"] = lambda: model.super_resolve(1.5, seed=0)
+    for training in (True, False):
+        model.G.train(training)
+        model.G.tail.train(not training)  # a mixed state comes back module by module
+        before = [m.training for m in model.G.modules()]
+        for name, task in tasks.items():
+            task()
+            assert [m.training for m in model.G.modules()] == before, (name, training)

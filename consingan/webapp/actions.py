@@ -288,16 +288,10 @@ class StageSamples(JobCallbacks):
         from ..core.image import grid, to_uint8
         from ..model import ConSinGAN
 
-        nets = model.G
-        modes = {m: m.training for m in nets.modules()}
-        try:
-            m = ConSinGAN.of(model)
-            # harmonization and editing models take an image at stage 0: samples from noise mean little
-            images = m.sample(4, seed=0) if m.config.mode.result_name is None else None
-            rec = m.reconstruct()
-        finally:
-            for module, training in modes.items():  # sampling put them in eval mode; training goes on
-                module.train(training)
+        m = ConSinGAN.of(model)  # sampling leaves G in train mode: training goes on
+        # harmonization and editing models take an image at stage 0: samples from noise mean little
+        images = m.sample(4, seed=0) if m.config.mode.result_name is None else None
+        rec = m.reconstruct()
         with self.job.lock:
             if images is not None:
                 self.job.samples = to_uint8(grid(images, columns=4)[0])
