@@ -40,12 +40,11 @@ from .config import Config, make_config
 from .errors import UserError
 from .signals import sigterm_as_interrupt
 from .storage.image_files import is_image_name
-from .storage.rundir import RunDir
+from .storage.rundir import PRESET_KEY, RunDir
 
 RAY_MISSING = 'the batch runner needs Ray: pip install -e ".[ray]"'
 STATE_DIR = ".batch"  # per-image records, under out_root
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
-EVALUATION = "Evaluation"  # where samples and metrics.json go, as the generate/evaluate commands write them
 # What a manifest may name besides the Config fields: the image, its output folder's name, the mode and preset.
 MANIFEST_IMAGE_COLUMNS = ("image", "input_name", "path")
 SETTING_NAMES = {f.name for f in dataclasses.fields(Config)} | {"preset"}
@@ -248,12 +247,12 @@ def write_record(root: Path, name: str, record: Mapping[str, Any]) -> None:
 
 
 def _samples_done(out: Path, n: int) -> bool:
-    folder = out / EVALUATION / "random_samples"
+    folder = RunDir(out).samples_dir
     return n <= 0 or (folder.is_dir() and len(list(folder.glob("gen_sample_*.png"))) >= n)
 
 
 def _metrics_done(out: Path, evaluate: bool) -> bool:
-    return not evaluate or (out / EVALUATION / "metrics.json").exists()
+    return not evaluate or RunDir(out).metrics_file.exists()
 
 
 def _model_done(out: Path) -> bool:
@@ -274,7 +273,7 @@ def _run_info(out: Path) -> dict[str, Any]:
 
 def _metrics_of(out: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((out / EVALUATION / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads(RunDir(out).metrics_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -487,21 +486,21 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     reporter.phase("train")
                     _plan(reporter, config, image)
                 api.train(image, config, out_dir=out, device=device, progress="none", input_name=image,
-                          run_info={"preset": job.settings.get("preset", "paper"), "batch": str(root)},
+                          run_info={PRESET_KEY: job.settings.get("preset", "paper"), "batch": str(root)},
                           callbacks=[reporter] if reporter else [], stop=stop, **extra)
         if not (_samples_done(out, spec["samples"]) and _metrics_done(out, spec["evaluate"])):
             model = api.load(out, device=device)
             if not _samples_done(out, spec["samples"]):
                 if reporter is not None:
                     reporter.phase("samples")
-                folder = out / EVALUATION / "random_samples"
+                folder = RunDir(out).samples_dir
                 if folder.exists():
                     shutil.rmtree(folder)  # fewer samples than asked: a write that was killed
-                api.write_samples(model, out / EVALUATION, num_samples=spec["samples"], seed=model.config.manualSeed)
+                api.write_samples(model, RunDir(out).evaluation_dir(), num_samples=spec["samples"], seed=model.config.manualSeed)
             if not _metrics_done(out, spec["evaluate"]):
                 if reporter is not None:
                     reporter.phase("evaluate")
-                api.write_metrics(model, out / EVALUATION, num_samples=spec["eval_samples"], seed=0)
+                api.write_metrics(model, RunDir(out).evaluation_dir(), num_samples=spec["eval_samples"], seed=0)
         return finish(DONE)
     except TrainingStopped as exc:
         return finish(INTERRUPTED if exc.interrupted else FAILED, str(exc))

@@ -20,7 +20,7 @@ from . import api
 from .config import MAX_SEED, preset_help
 from .errors import UserError, one_line
 from .core.engine import TrainingStopped
-from .storage.rundir import resume_command
+from .storage.rundir import PRESET_KEY, RunDir, resume_command
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
 # flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
@@ -201,7 +201,7 @@ def train(
             out = Path(resume)
             fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
             if fixed:
-                raise UserError(f"--resume goes on with the settings recorded in {out / 'config.json'}, so "
+                raise UserError(f"--resume goes on with the settings recorded in {RunDir(out).config_file}, so "
                                 f"{', '.join(fixed)} would be ignored; drop them (only --device, --progress and "
                                 "--checkpoint_every can change)")
             dev = api.resolve_device(device, gpu, not_cuda)
@@ -247,7 +247,7 @@ def train(
         process_speedups(dev)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
-                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
+                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={PRESET_KEY: preset})
     except HANDLED as e:
         fail_on(e, "train at a smaller size (--max_size) or with fewer channels (--nfc)")
     typer.echo(f"Model saved to: {out}")
@@ -454,12 +454,12 @@ def generate(
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
-            target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(naive_img).stem,
+            target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(naive_img).stem),
                                    OUT_FIX)
             for path in api.write_harmonized(model, naive_img, target, mask_path=mask, seed=seed):
                 typer.echo(f"Saved: {path}")
             return
-        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(), OUT_FIX)
         check_sample_memory(model, scale_h, scale_w, num_samples)
         animation = dict(alpha=alpha, beta=beta, num_frames=num_frames, fps=fps, format=fmt)
         if model.config.mode.inference == "animation":
@@ -505,7 +505,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
         if num_samples is not None:
             raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
         factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
-        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(), OUT_FIX)
         check_sample_memory(model, factor, factor, 1)
         for path in superres.write_results(model, target, factor, seed=seed):
             typer.echo(f"Saved: {path}")
@@ -514,7 +514,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
 
     painting.require_image_stage0(model.config)
     n = PAINT_SAMPLES if num_samples is None else num_samples
-    target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(paint).stem, OUT_FIX)
+    target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(paint).stem), OUT_FIX)
     check_sample_memory(model, 1.0, 1.0, n)
     for path in painting.write_results(model, paint, target, num_samples=n, seed=seed):
         typer.echo(f"Saved: {path}")
@@ -573,7 +573,7 @@ def evaluate(
     try:
         check_seed(seed)
         model = load_model_arg(model_dir, device, gpu, not_cuda)
-        target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
+        target = Path(out) if out else RunDir(model_dir).evaluation_dir(Path(naive_img).stem if naive_img else None)
         output_folder(target, OUT_FIX)
         check_sample_memory(model, 1.0, 1.0, num_samples, kept=num_samples)
         path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)

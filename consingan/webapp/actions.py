@@ -22,6 +22,7 @@ import numpy as np
 from ..config import MAX_SEED, MODES, draw_seed, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
 from ..storage.image_files import is_image_name
+from ..storage.rundir import PRESET_KEY, RunDir
 from .jobs import Job, JobCallbacks, TrainingQueue
 from .store import ModelStore, inside
 
@@ -234,7 +235,7 @@ def start_training(state: AppState, image_path: Path, config, preset: str, min_s
 
     def run(job: Job):
         return api.train(image, config, out_dir=out, device=state.device, input_name=name,
-                         run_info={"preset": preset, "trained_with": "web app"},
+                         run_info={PRESET_KEY: preset, "trained_with": "web app"},
                          callbacks=[StageSamples(job)], stop=job.stop)
 
     return state.queue.submit("train", f"{config.train_mode} on {name}", out, run, timer=timer)
@@ -493,7 +494,7 @@ def models_table(state: AppState) -> list[list[str]]:
     for name in state.store.models():
         folder = state.store.root / name
         info = state.store.info(name)
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / "model.pt").stat().st_mtime))
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(RunDir(folder).model_file.stat().st_mtime))
         rows.append([name, str(info.get("train_mode", "?")), str(info.get("train_stages", "?")),
                      str(info.get("max_size", "?")), stamp])
     return rows
