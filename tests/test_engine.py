@@ -70,6 +70,7 @@ def test_custom_callbacks_receive_every_stages_losses_and_images(tmp_path):
         assert {p.name for p in (tmp_path / "run" / str(stage)).iterdir()} == names
 
 
+@pytest.mark.slow
 def test_a_training_in_a_thread_stops_within_one_iteration_of_its_stop_flag(tmp_path):
     stop = threading.Event()
     seen = []
