@@ -496,7 +496,8 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                 folder = RunDir(out).samples_dir
                 if folder.exists():
                     shutil.rmtree(folder)  # fewer samples than asked: a write that was killed
-                api.write_samples(model, RunDir(out).evaluation_dir(), num_samples=spec["samples"], seed=model.config.manualSeed)
+                api.write_samples(model, RunDir(out).evaluation_dir(), num_samples=spec["samples"],
+                                  seed=model.config.manualSeed)
             if not _metrics_done(out, spec["evaluate"]):
                 if reporter is not None:
                     reporter.phase("evaluate")

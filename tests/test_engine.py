@@ -144,7 +144,7 @@ ENTRY_POINTS = {"consingan.cli", "consingan.__main__"}
 def test_no_import_cycles_and_core_depends_on_nothing_above_it():
     modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
     modules = {(m[: -len(".__init__")] if m.endswith(".__init__") else m): p for m, p in modules.items()}
-    assert {"consingan.webapp", "consingan.webapp.actions", "consingan.batch", "consingan.core.engine"} <= set(modules)  # all found
+    assert {"consingan.webapp", "consingan.webapp.actions", "consingan.batch", "consingan.core.engine"} <= set(modules)
     graph = {m: {t for t in imports_of(p) if t in modules and t != m} for m, p in modules.items()}
     for m, deps in graph.items():
         if m.startswith("consingan.core."):
