@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from .progress import check_progress, count_progress, make_progress
 from .storage.image_files import as_image, read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
 from .storage.outputs import OutputExists, claim_dir, write_bytes
-from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, RunDir
+from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, METRICS_FILE, RunDir, samples_dir_name
 from .tasks import harmonize as _harmonize
 from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
 from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
@@ -46,13 +45,6 @@ def default_out_dir(input_name: str, config: Config, root: str | Path = "Trained
     while path.exists():
         path, i = Path(f"{base}_{i}"), i + 1
     return path
-
-
-def check_new_dir(path: Path, what: str = "--out_dir") -> None:
-    """Refuse a directory that already holds files: nothing written before is ever overwritten."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"{what} {path} already exists and is not empty; choose another directory "
-                        "(nothing was overwritten)")
 
 
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,
@@ -228,10 +220,6 @@ def load(path: str | Path, device: str = "cpu") -> ConSinGAN:
     return ConSinGAN.of(load_model(path, device=resolve_device(device)))
 
 
-def format_scale(value: float) -> str:
-    return f"{value:g}"
-
-
 def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scale_h: float = 1.0,
                   scale_w: float = 1.0, seed: int | None = None, start_scale: int = 0,
                   progress: str = "none") -> Path:
@@ -246,11 +234,7 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
     from .tasks.sampling import generate_batches
 
     out = Path(out)
-    name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (
-        f"random_samples_scale_h_{format_scale(scale_h)}_scale_w_{format_scale(scale_w)}")
-    if start_scale:
-        name += f"_start_scale_{start_scale}"
-    folder = out / name
+    folder = out / samples_dir_name(scale_h, scale_w, start_scale)
     batches = generate_batches(model, num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed,
                                start_scale=start_scale)  # checks the settings before anything is written
     with claim_dir(folder, "output folder", fresh=True), count_progress(progress, num_samples, "samples") as bar:
@@ -268,9 +252,6 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
             except OutputExists:
                 pass  # another run wrote the same picture meanwhile
     return folder
-
-
-METRICS_FILE = "metrics.json"
 
 
 def write_metrics(model: ConSinGAN, out: str | Path, num_samples: int = 50, seed: int = 0,

@@ -26,7 +26,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import threading
@@ -39,13 +38,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .config import Config, make_config
 from .errors import UserError
+from .signals import sigterm_as_interrupt
+from .storage.image_files import is_image_name
 from .storage.rundir import RunDir
 
 RAY_MISSING = 'the batch runner needs Ray: pip install -e ".[ray]"'
 STATE_DIR = ".batch"  # per-image records, under out_root
 SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
-EVALUATION = "Evaluation"  # where samples and metrics.json go, as the generate/evaluate commands write them
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # What a manifest may name besides the Config fields: the image, its output folder's name, the mode and preset.
 MANIFEST_IMAGE_COLUMNS = ("image", "input_name", "path")
 SETTING_NAMES = {f.name for f in dataclasses.fields(Config)} | {"preset"}
@@ -126,7 +125,7 @@ def _rows(images: Any) -> list[dict[str, Any]]:
     path = Path(text)
     if path.is_dir():
         return [{"image": str(p.resolve())} for p in sorted(path.iterdir())
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+                if p.is_file() and is_image_name(p)]
     if path.suffix.lower() == ".csv" and path.is_file():
         return _read_manifest(path)
     if path.suffix.lower() == ".txt" and path.is_file():
@@ -248,12 +247,12 @@ def write_record(root: Path, name: str, record: Mapping[str, Any]) -> None:
 
 
 def _samples_done(out: Path, n: int) -> bool:
-    folder = out / EVALUATION / "random_samples"
+    folder = RunDir(out).samples_dir
     return n <= 0 or (folder.is_dir() and len(list(folder.glob("gen_sample_*.png"))) >= n)
 
 
 def _metrics_done(out: Path, evaluate: bool) -> bool:
-    return not evaluate or (out / EVALUATION / "metrics.json").exists()
+    return not evaluate or RunDir(out).metrics_file.exists()
 
 
 def _model_done(out: Path) -> bool:
@@ -274,7 +273,7 @@ def _run_info(out: Path) -> dict[str, Any]:
 
 def _metrics_of(out: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((out / EVALUATION / "metrics.json").read_text(encoding="utf-8"))
+        return json.loads(RunDir(out).metrics_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -408,14 +407,6 @@ def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, b
     return Reporter()
 
 
-def _describe_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return device
-
-
 def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     """Run one job on this process (a Ray worker): decide from the disk what is left (train, resume,
     samples, metrics), do it, record it. Never raises for the job's own failures: they come back as a
@@ -424,6 +415,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
 
     from . import api
     from .core.engine import TrainingStopped
+    from .device import describe
 
     root, name, image = Path(spec["root"]), spec["name"], spec["image"]
     out = job_dir(root, name)
@@ -444,7 +436,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     state = {"batch": spec["batch"], "image": image, "status": "running", "attempts": attempts,
              "seconds": seconds_before, "pid": os.getpid(), "node": socket.gethostname(),
-             "device": _describe_device(device)}
+             "device": describe(device)}
     resumed = False
 
     def finish(status: str, error: str | None = None, trace: str | None = None) -> dict[str, Any]:
@@ -489,14 +481,15 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
             if not _samples_done(out, spec["samples"]):
                 if reporter is not None:
                     reporter.phase("samples")
-                folder = out / EVALUATION / "random_samples"
+                folder = RunDir(out).samples_dir
                 if folder.exists():
                     shutil.rmtree(folder)  # fewer samples than asked: a write that was killed
-                api.write_samples(model, out / EVALUATION, num_samples=spec["samples"], seed=model.config.manualSeed)
+                api.write_samples(model, RunDir(out).evaluation_dir(), num_samples=spec["samples"],
+                                  seed=model.config.manualSeed)
             if not _metrics_done(out, spec["evaluate"]):
                 if reporter is not None:
                     reporter.phase("evaluate")
-                api.write_metrics(model, out / EVALUATION, num_samples=spec["eval_samples"], seed=0)
+                api.write_metrics(model, RunDir(out).evaluation_dir(), num_samples=spec["eval_samples"], seed=0)
         return finish(DONE)
     except TrainingStopped as exc:
         return finish(INTERRUPTED if exc.interrupted else FAILED, str(exc))
@@ -872,7 +865,7 @@ def _drive(ray, todo: Sequence[Job], root: Path, common: dict[str, Any], retries
     pending = {task.remote({**common, "root": str(root), "name": j.name, "image": j.image, "settings": j.settings,
                             "batch": batch_id}, monitor): j for j in todo}
     stopping = killed = False
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()  # SIGTERM on the driver stops the batch as Ctrl-C does
     try:
         while pending:
             try:
@@ -917,19 +910,6 @@ def _collect(ray, ref, job: Job, root: Path, killed: bool) -> JobResult:
         if record.get("status") == "running":
             write_record(root, job.name, {**record, "status": status, "error": why})
         return _result_from_disk(root, job, status, record, why)
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """SIGTERM on the driver stops the batch as Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 SUMMARY_COLUMNS = ("image", "name", "status", "error", "seconds", "device", "node", "seed", "attempts", "model_dir")

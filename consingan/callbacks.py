@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from . import signals
 from .core.callbacks import CallbackList, Callbacks
 from .core.image import grid
 from .core.model import Model
@@ -69,17 +70,11 @@ class StopOnSignals(Callbacks):
         self.previous: dict[int, object] = {}
 
     def install(self) -> "StopOnSignals":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        signums = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
-        self.previous = {s: signal.getsignal(s) for s in signums}
-        for s in signums:
-            signal.signal(s, self._handler)
+        self.previous = signals.install(self._handler, signals.STOP_SIGNALS)
         return self
 
     def restore(self) -> None:
-        for s, h in self.previous.items():
-            signal.signal(s, h)
+        signals.restore(self.previous)
         self.previous = {}
 
     def _handler(self, signum, frame) -> None:

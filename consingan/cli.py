@@ -18,10 +18,10 @@ import typer
 
 from . import api
 from .config import MAX_SEED, preset_help
-from .errors import UserError
+from .errors import UserError, one_line
 from .core.engine import TrainingStopped
 from .plan import check_object, check_samples
-from .storage.rundir import resume_command
+from .storage.rundir import RunDir, resume_command
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
 # flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
@@ -61,18 +61,12 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def fail_on(exc: Exception, memory_fix: str) -> None:
-    """One ``error:`` line for what the user can fix: a UserError, an output that cannot be written
-    (OSError) and memory that ran out. Anything else is a bug and keeps its traceback."""
-    if isinstance(exc, UserError):
-        fail(str(exc))
-    if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else "a file"
-        fail(f"cannot write or read {where} ({exc.strerror or exc}); check the path and its permissions, or "
-             "write the output elsewhere")
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and not isinstance(exc, (typer.Exit, typer.Abort))
-                                        and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))):
-        fail(f"out of memory; {memory_fix}")
-    raise exc
+    """One ``error:`` line for what the user can fix (errors.one_line); anything else is a bug and keeps
+    its traceback."""
+    line = None if isinstance(exc, (typer.Exit, typer.Abort)) else one_line(exc, memory_fix)
+    if line is None:
+        raise exc
+    fail(line)
 
 
 # Errors the commands turn into one line (see fail_on); typer.Exit is a RuntimeError and passes through.
@@ -212,7 +206,7 @@ def train(
             out = Path(resume)
             fixed = [p.opts[0] for p in given_flags(ctx) if p.name not in RESUME_FLAGS]
             if fixed:
-                raise UserError(f"--resume goes on with the settings recorded in {out / 'config.json'}, so "
+                raise UserError(f"--resume goes on with the settings recorded in {RunDir(out).config_file}, so "
                                 f"{', '.join(fixed)} would be ignored; drop them (only --device, --progress and "
                                 "--checkpoint_every can change)")
             dev = api.resolve_device(device, gpu, not_cuda)
@@ -424,12 +418,12 @@ def generate(
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
-            target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(naive_img).stem,
+            target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(naive_img).stem),
                                    OUT_FIX)
             for path in api.write_harmonized(model, naive_img, target, mask_path=mask, seed=seed):
                 typer.echo(f"Saved: {path}")
             return
-        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(), OUT_FIX)
         check_samples(model, scale_h, scale_w, num_samples)
         animation = dict(alpha=alpha, beta=beta, num_frames=num_frames, fps=fps, format=fmt)
         if model.config.mode.inference == "animation":
@@ -475,7 +469,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
         if num_samples is not None:
             raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
         factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
-        target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
+        target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(), OUT_FIX)
         check_samples(model, factor, factor, 1)
         for path in superres.write_results(model, target, factor, seed=seed):
             typer.echo(f"Saved: {path}")
@@ -484,7 +478,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
 
     painting.require_image_stage0(model.config)
     n = PAINT_SAMPLES if num_samples is None else num_samples
-    target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation" / Path(paint).stem, OUT_FIX)
+    target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(paint).stem), OUT_FIX)
     check_samples(model, 1.0, 1.0, n)
     for path in painting.write_results(model, paint, target, num_samples=n, seed=seed):
         typer.echo(f"Saved: {path}")
@@ -528,7 +522,7 @@ def evaluate(
     try:
         check_seed(seed)
         model = load_model_arg(model_dir, device, gpu, not_cuda)
-        target = Path(out) if out else Path(model_dir) / "Evaluation" / (Path(naive_img).stem if naive_img else "")
+        target = Path(out) if out else RunDir(model_dir).evaluation_dir(Path(naive_img).stem if naive_img else None)
         output_folder(target, OUT_FIX)
         check_samples(model, 1.0, 1.0, num_samples, kept=num_samples)
         path, metrics = api.write_metrics(model, target, num_samples=num_samples, seed=seed, naive=naive_img)
@@ -574,15 +568,12 @@ def compose(
     typer.echo(f"Mask saved to: {mask_file}")
 
 
-# What an output image's name must end with: formats every Pillow build writes without loss of the
-# pixels we make (8-bit RGB and gray).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def check_image_name(name: str, flag: str) -> None:
-    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+    from .storage.image_files import WRITE_SUFFIXES, is_image_name
+
+    if not is_image_name(name, WRITE_SUFFIXES):
         raise UserError(f"{flag} {name} has no image extension, so the writer cannot tell the format; "
-                        f"end it with one of {', '.join(IMAGE_EXTENSIONS)} (e.g. .png)")
+                        f"end it with one of {', '.join(WRITE_SUFFIXES)} (e.g. .png)")
 
 
 @app.command()

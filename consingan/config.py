@@ -373,6 +373,12 @@ def preset_values(preset: str, mode: Mode, train_stages: int) -> dict[str, Any]:
     return spec
 
 
+def draw_seed() -> int:
+    """A fresh random seed, for a run or a sample the user gave none: 1 to 10000, as the reference draws
+    its manualSeed (it is recorded, so the result can be made again)."""
+    return random.randint(1, 10000)
+
+
 def make_config(train_mode: str = "generation", preset: str = "paper", **given: Any) -> Config:
     """Paper defaults, then the mode's defaults, then the preset's, then the values the user gave
     (None = not given)."""
@@ -389,7 +395,7 @@ def make_config(train_mode: str = "generation", preset: str = "paper", **given: 
     if "Dsteps_stages" not in given and "Dsteps" in given:
         values.pop("Dsteps_stages", None)  # and the user's --Dsteps over a preset's per-stage D updates
     # As in the reference, a run without --manualSeed gets a random seed, recorded in the config.
-    values.setdefault("manualSeed", random.randint(1, 10000))
+    values.setdefault("manualSeed", draw_seed())
     names = {f.name for f in dataclasses.fields(Config)}
     unknown = set(values) - names
     if unknown:

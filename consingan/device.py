@@ -36,11 +36,13 @@ def resolve_device(device: str = "auto", gpu: int | None = None, not_cuda: bool 
     return torch.device("cuda", index)
 
 
-def describe(device: torch.device) -> str:
-    """'cpu' or 'cuda:0 (NVIDIA H200)': what a run prints as its device."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
+def describe(device: torch.device | str) -> str:
+    """'cpu' or 'cuda:0 (NVIDIA H200)': what a run prints and records as its device (a CUDA device
+    on a machine without CUDA stays its bare name)."""
+    name = str(device)
+    if name.startswith("cuda") and torch.cuda.is_available():
+        return f"{name} ({torch.cuda.get_device_name(torch.device(name))})"
+    return name
 
 
 def memory_bytes(device: torch.device) -> int | None:

@@ -15,6 +15,8 @@ from consingan.tasks.animate import Walk, reference_walks, walk_noise, write_ani
 from consingan.config import make_config
 from conftest import TINY, run_cli
 
+pytestmark = pytest.mark.slow  # every test here uses a model trained for 20 or 10 iterations per stage
+
 
 def _image():
     rng = np.random.default_rng(0)

@@ -102,6 +102,7 @@ def model_named(app, mode: str) -> str:
     return names[0]
 
 
+@pytest.mark.slow
 def test_train_sample_and_refuse_escaping_names(app):
     c, models = app["client"], app["models"]
     done = train(app, "generation")
@@ -139,6 +140,7 @@ def test_train_sample_and_refuse_escaping_names(app):
     assert len(list((folder / "Web").glob("animation_*/*.gif"))) == 1
 
 
+@pytest.mark.slow
 def test_explore_moves_one_sample_smoothly(app):
     """Explore's noise: unit variance wherever the point is, the layout stages fixed, nearby points
     nearby images, a preview one stage below the top."""
@@ -161,6 +163,7 @@ def test_explore_moves_one_sample_smoothly(app):
     assert tuple(preview.shape[-2:]) == tuple(model.shapes[-2])
 
 
+@pytest.mark.slow
 def test_harmonize_with_a_drawn_mask(app):
     c, base, models = app["client"], app["base"], app["models"]
     assert train(app, "harmonization")["state"] == "done"
@@ -195,6 +198,7 @@ def test_harmonize_with_a_drawn_mask(app):
             c.predict(generation, "draw the mask", None, 0.5, 0.5, 1.0, editor, 0, api_name="/harmonize")
 
 
+@pytest.mark.slow
 def test_paint_from_the_models_colours(app):
     c, models = app["client"], app["models"]
     assert train(app, "paint", colors="4")["state"] == "done"
@@ -219,6 +223,7 @@ def test_paint_from_the_models_colours(app):
     assert (out / "painting.png").is_file() and (out / "painting_stage0.png").is_file()
 
 
+@pytest.mark.slow
 def test_super_resolution(app):
     c, models = app["client"], app["models"]
     assert train(app, "superres", sr="2")["state"] == "done"
@@ -232,6 +237,7 @@ def test_super_resolution(app):
     assert np.array_equal(np.asarray(Image.open(sr).convert("RGB")), np.asarray(Image.open(out / "sr_x2.png").convert("RGB")))
 
 
+@pytest.mark.slow
 def test_stop_leaves_a_resumable_checkpoint(app):
     c, base, models = app["client"], app["base"], app["models"]
     job, _ = c.predict(handle_file(str(base / "tiny.png")), None, "retarget", "fast",

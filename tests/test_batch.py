@@ -51,6 +51,7 @@ def by_name(results):
     return {r.name: r for r in results}
 
 
+@pytest.mark.slow
 def test_bad_image_fails_alone_and_a_rerun_skips_finished_work(tmp_path, local_ray):
     images = tmp_path / "images"
     for i in range(3):
@@ -89,6 +90,7 @@ def test_bad_image_fails_alone_and_a_rerun_skips_finished_work(tmp_path, local_r
     assert retried["img2"].status == "skipped"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_resumes_to_the_same_weights(tmp_path, local_ray):
     """Two jobs on the same image and seed run side by side; the worker of one is SIGKILLed after its
     first checkpoint inside a stage. Ray runs its task again, the task resumes from the checkpoint,
@@ -120,6 +122,7 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_weights(tmp_path, lo
     assert a.amps == b.amps and all(torch.equal(x, y) for x, y in zip(a.fixed, b.fixed))
 
 
+@pytest.mark.slow
 def test_a_stop_request_leaves_checkpoints_that_a_rerun_resumes(tmp_path, local_ray):
     """Ctrl-C on the driver (here raised from the progress hook, where the driver's loop catches it as it
     catches a real one) stops the running job at a checkpoint; run raises KeyboardInterrupt after
@@ -146,6 +149,7 @@ def test_a_stop_request_leaves_checkpoints_that_a_rerun_resumes(tmp_path, local_
     assert (root / "leaf" / "model.pt").exists() and not (root / "leaf" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_manifest_settings_apply_per_image(tmp_path, local_ray):
     images = tmp_path / "images"
     write_image(images / "a.png", 1)

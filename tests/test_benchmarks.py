@@ -1,11 +1,14 @@
 """The speed benchmarks run end to end (on tiny settings: their figures are not checked here)."""
 import re
 
+import pytest
+
 from conftest import run_cli
 
 TINY_BENCH = ["--max_size", "40", "--set", "nfc=8", "--set", "min_size=16", "--set", "train_stages=3"]
 
 
+@pytest.mark.slow
 def test_bench_train_prints_both_variants_and_a_speedup():
     out = run_cli("benchmarks/bench_train.py", "--iters", "1", "--rounds", "1", *TINY_BENCH).stdout
     a = re.search(r"\(a\) straightforward: +([0-9.]+) s/iter", out)

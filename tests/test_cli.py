@@ -25,6 +25,7 @@ def trained(tmp_path_factory):
     return src, out, proc
 
 
+@pytest.mark.slow
 def test_train_writes_the_model_directory(trained):
     src, out, proc = trained
     assert proc.stdout.strip().splitlines()[-1] == f"Model saved to: {out}"
@@ -49,6 +50,7 @@ def test_train_writes_the_model_directory(trained):
         assert (stage / "samples_grid.png").is_file() and (stage / "fake_iter_20.png").is_file()
 
 
+@pytest.mark.slow
 def test_generate_writes_samples_of_the_right_size_that_differ(trained):
     _, out, _ = trained
     ev = out / "ev1"
@@ -71,12 +73,14 @@ def test_generate_writes_samples_of_the_right_size_that_differ(trained):
     assert again.returncode == 2 and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow
 def test_default_output_is_model_dir_evaluation(trained):
     _, out, _ = trained
     run_cli("main_generate.py", "--model_dir", out, "--num_samples", "2")
     assert (out / "Evaluation" / "random_samples" / "gen_sample_1.png").is_file()
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_gives_identical_samples(trained, tmp_path):
     _, out, _ = trained
     model = consingan.load(out)
@@ -88,6 +92,7 @@ def test_save_load_round_trip_gives_identical_samples(trained, tmp_path):
     assert torch.equal(a[1:2], model.sample(2, seed=5)[1:2])  # sample i does not depend on n
 
 
+@pytest.mark.slow
 def test_same_seed_gives_same_model(trained, tmp_path):
     src, out, _ = trained
     again = tmp_path / "again"
@@ -97,6 +102,7 @@ def test_same_seed_gives_same_model(trained, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a["fixed_noise"], b["fixed_noise"]))
 
 
+@pytest.mark.slow
 def test_existing_out_dir_is_not_overwritten(trained):
     src, out, _ = trained
     before = (out / "model.pt").read_bytes()
@@ -118,6 +124,7 @@ def test_missing_or_unreadable_input_is_one_line_and_nonzero(tmp_path, content):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_library_api_trains_and_samples_any_scale(tiny_image, tmp_path):
     model = consingan.train(str(tiny_image), out_dir=tmp_path / "lib", device="cpu", **TINY)
     assert (tmp_path / "lib" / "model.pt").is_file()

@@ -70,6 +70,7 @@ def test_custom_callbacks_receive_every_stages_losses_and_images(tmp_path):
         assert {p.name for p in (tmp_path / "run" / str(stage)).iterdir()} == names
 
 
+@pytest.mark.slow
 def test_a_training_in_a_thread_stops_within_one_iteration_of_its_stop_flag(tmp_path):
     stop = threading.Event()
     seen = []
@@ -108,9 +109,10 @@ PACKAGE = Path(consingan.__file__).parent
 
 
 def imports_of(path: Path) -> set[str]:
-    """The consingan modules a file imports (at the top or inside functions), as dotted names."""
+    """The consingan modules a file imports (at the top or inside functions), as dotted names: for
+    ``from package import name``, the module ``package.name`` where there is one, else the package."""
     module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    package = module.rsplit(".", 1)[0]  # consingan.webapp for consingan/webapp/__init__.py too
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -121,13 +123,28 @@ def imports_of(path: Path) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("consingan"):
-                found.add(target)
-                found.update(f"{target}.{a.name}" for a in node.names)
+                names = [f"{target}.{a.name}" for a in node.names]
+                found.update(n for n in names if _is_module(n))
+                if not all(_is_module(n) for n in names):
+                    found.add(target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("consingan"))
     return found
+
+
+def _is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+# The command line's own entry points: the only modules that may import consingan.cli.
+ENTRY_POINTS = {"consingan.cli", "consingan.__main__"}
 
 
 def test_no_import_cycles_and_core_depends_on_nothing_above_it():
     modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    modules = {(m[: -len(".__init__")] if m.endswith(".__init__") else m): p for m, p in modules.items()}
+    assert {"consingan.webapp", "consingan.webapp.actions", "consingan.batch", "consingan.core.engine"} <= set(modules)
     graph = {m: {t for t in imports_of(p) if t in modules and t != m} for m, p in modules.items()}
     for m, deps in graph.items():
         if m.startswith("consingan.core."):
@@ -135,9 +152,11 @@ def test_no_import_cycles_and_core_depends_on_nothing_above_it():
             assert all(d.startswith(allowed) for d in deps), (m, deps)
         if m.startswith("consingan.storage."):
             assert not any(d.startswith(("consingan.tasks", "consingan.api", "consingan.cli")) for d in deps), (m, deps)
-    # a cycle: a module reachable from itself (packages' __init__ files re-export and are left out)
-    graph = {m: {d for d in deps if not modules[d].name == "__init__.py"} for m, deps in graph.items()
-             if modules[m].name != "__init__.py"}
+        # front-ends (the web app, the batch runner) use the library, never the command line
+        assert m in ENTRY_POINTS or "consingan.cli" not in deps, f"{m} imports consingan.cli"
+    # a cycle: a module reachable from itself, through imports at the top or inside functions, in every
+    # module of the package, packages' __init__ files included ("consingan.x" runs consingan/__init__.py
+    # first, which Python allows for: that implicit edge is left out)
     for start in graph:
         stack, seen = list(graph[start]), set()
         while stack:
@@ -202,3 +221,27 @@ def test_progress_may_be_an_object_of_the_callers(tmp_path):
     with pytest.raises(UserError, match="unknown progress 'lines'"):
         consingan.train(image(), device="cpu", progress="lines", out_dir=tmp_path / "r", **SETTINGS)
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("mode", ["harmonization", "superres"])
+def test_every_task_leaves_the_generator_in_the_mode_it_found_it(mode):
+    """Sampling runs G in eval mode and puts each module back: a model being trained stays in train mode
+    (the engine and the web app's previews rely on it), a loaded one in eval mode."""
+    from consingan.tasks.animate import Walk
+    from consingan.tasks.harmonize import harmonize
+
+    model = consingan.train(image(), train_mode=mode, device="cpu", **{**SETTINGS, "niter": 1})
+    tasks = {"sample": lambda: model.sample(2, seed=0), "reconstruct": model.reconstruct,
+             "animate": lambda: model.animate(Walk(num_frames=2), seed=0),
+             "paint": lambda: model.paint(image(), num_samples=1, seed=0)}
+    if mode == "harmonization":
+        tasks["harmonize"] = lambda: harmonize(model, image(), seed=0)
+    else:
+        tasks["superres"] = lambda: model.super_resolve(1.5, seed=0)
+    for training in (True, False):
+        model.G.train(training)
+        model.G.tail.train(not training)  # a mixed state comes back module by module
+        before = [m.training for m in model.G.modules()]
+        for name, task in tasks.items():
+            task()
+            assert [m.training for m in model.G.modules()] == before, (name, training)

@@ -99,6 +99,7 @@ def test_paint_mode_input_keeps_palette_colours_and_draws_only_from_the_run_gene
 
 # --- inference ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_palette_of_the_model_is_k_means_of_its_stage0_image(paint_model):
     palette = paint.model_palette(paint_model)
     assert palette.shape == (paint_model.config.paint_colors, 3) == (5, 3)
@@ -108,6 +109,7 @@ def test_palette_of_the_model_is_k_means_of_its_stage0_image(paint_model):
     assert colours_of(x) <= {tuple(c) for c in palette.tolist()}
 
 
+@pytest.mark.slow
 def test_a_flat_painting_becomes_that_colours_region(paint_model):
     palette = paint.model_palette(paint_model)
     h, w = paint_model.real.shape[-2:]
@@ -125,6 +127,7 @@ def test_a_flat_painting_becomes_that_colours_region(paint_model):
     assert (mean[len(palette) - 1] - hi).norm() < (mean[0] - hi).norm()
 
 
+@pytest.mark.slow
 def test_paint_seeds_reproduce_and_samples_differ(paint_model):
     painting = from_numpy(regions(20, 30, seed=1))
     a = paint_model.paint(painting, num_samples=3, seed=5)
@@ -133,6 +136,7 @@ def test_paint_seeds_reproduce_and_samples_differ(paint_model):
     assert not torch.equal(a[0], a[1])  # fresh noise above stage 0
 
 
+@pytest.mark.slow
 def test_generation_models_paint_too_and_animation_models_refuse(tmp_path):
     img = regions()
     gen = api.train(img, train_mode="generation", **TINY)
@@ -144,6 +148,7 @@ def test_generation_models_paint_too_and_animation_models_refuse(tmp_path):
         anim.paint(img)
 
 
+@pytest.mark.slow
 def test_transparent_paintings_are_refused_and_opaque_alpha_is_fine(paint_model, tmp_path):
     rgba = np.dstack([regions(), np.full((30, 45), 255, np.uint8)])
     iio.imwrite(tmp_path / "opaque.png", rgba)
@@ -158,6 +163,7 @@ def test_transparent_paintings_are_refused_and_opaque_alpha_is_fine(paint_model,
 
 # --- the command line ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generate_paint_writes_samples_and_never_overwrites(paint_dir, tmp_path):
     iio.imwrite(tmp_path / "p.png", regions(60, 90, seed=2))  # any size: resized like a naive image
     out = tmp_path / "o"
@@ -178,6 +184,7 @@ def test_generate_paint_writes_samples_and_never_overwrites(paint_dir, tmp_path)
     assert both.exit_code == 2 and "--sr_factor and --paint" in both.output
 
 
+@pytest.mark.slow
 def test_palette_command_writes_a_swatch(paint_dir, tmp_path):
     result = runner.invoke(cli.app, ["palette", "--model_dir", str(paint_dir), "--out", str(tmp_path / "pal.png"),
                                      "--device", "cpu"])

@@ -96,6 +96,7 @@ def test_train_into_a_directory_in_use_is_refused(tiny_image, tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_generate_evaluate_compose_never_write_over_a_concurrent_run(model, tmp_path, tiny_image, monkeypatch):
     # generate: the samples folder is claimed
     with claim_dir(tmp_path / "ev" / "random_samples", "--out folder"):
@@ -152,6 +153,7 @@ def disk_full_after(monkeypatch, good_saves, only=None):
     monkeypatch.setattr(torch, "save", save)
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tiny_image, tmp_path, monkeypatch):
     out = tmp_path / "run"
     disk_full_after(monkeypatch, good_saves=2)
@@ -172,6 +174,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tiny_image, tmp
     assert (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_model_pt_keeps_the_checkpoint(tiny_image, tmp_path, monkeypatch):
     out = tmp_path / "run"
     disk_full_after(monkeypatch, good_saves=0, only="model.pt")
@@ -208,6 +211,7 @@ def test_writing_is_atomic_and_a_full_disk_is_named(tmp_path):
 
 # --- 3. SIGTERM ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tiny_image, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "main_train.py", "--input_name", str(tiny_image), "--out_dir", str(out),
@@ -246,6 +250,7 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tiny_image, tmp_
 
 # --- 4. NaN + Ctrl-C -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_after_a_nan_loss_keeps_the_last_good_checkpoint(tiny_image, tmp_path, monkeypatch):
     real_step, calls = graphs_mod.train_step, {"n": 0}
 
@@ -273,6 +278,7 @@ def test_ctrl_c_after_a_nan_loss_keeps_the_last_good_checkpoint(tiny_image, tmp_
 
 # --- 5. outputs written as they are made --------------------------------------------------------
 
+@pytest.mark.slow
 def test_samples_are_written_batch_by_batch(model, tmp_path, monkeypatch):
     out, n = tmp_path / "ev", 30
     folder = out / "random_samples"
@@ -298,6 +304,7 @@ def test_samples_are_written_batch_by_batch(model, tmp_path, monkeypatch):
     no_junk(out)
 
 
+@pytest.mark.slow
 def test_animation_frames_are_streamed_to_the_file(model, tmp_path, monkeypatch):
     from consingan.tasks.animate import Walk, uint8_frames, write_animations
 

@@ -57,6 +57,7 @@ def test_sr_steps_multiply_to_the_factor_near_singans_step():
     assert superres.sr_steps(1.1)[0] == 1  # at least one step
 
 
+@pytest.mark.slow
 def test_the_trained_pyramid_step_is_the_upsampling_step(sr_model):
     c = sr_model.config
     assert c.train_mode == "superres" and c.alpha == 100.0 and c.sr_factor == 4.0
@@ -69,6 +70,7 @@ def test_the_trained_pyramid_step_is_the_upsampling_step(sr_model):
     assert superres.superres_config(torch.zeros(1, 3, 30, 45), config).min_size == round(27 / 1.26 ** 2)  # 27x40 after --max_size 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("factor", [2, 3.5, 4, 8])
 def test_output_is_exactly_factor_times_the_training_size(sr_model, factor):
     h, w = sr_model.real.shape[-2:]
@@ -77,6 +79,7 @@ def test_output_is_exactly_factor_times_the_training_size(sr_model, factor):
     assert torch.isfinite(out).all() and out.abs().max() <= 1
 
 
+@pytest.mark.slow
 def test_shrunk_back_the_result_stays_close_to_the_input(sr_model):
     real = sr_model.real
     out = sr_model.super_resolve(4, seed=0)
@@ -88,6 +91,7 @@ def test_shrunk_back_the_result_stays_close_to_the_input(sr_model):
     assert rmse(out, superres.bicubic(real, 4)) > 0.01
 
 
+@pytest.mark.slow
 def test_seeds_reproduce_and_differ(sr_model):
     a = sr_model.super_resolve(2, seed=3)
     assert torch.equal(a, sr_model.super_resolve(2, seed=3))
@@ -104,6 +108,7 @@ def test_linear_resize_is_the_projects_resize_without_truncation():
     assert torch.allclose(superres.linear_resize(diff, (20, 20)), torch.full((1, 3, 20, 20), -0.5), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1.0, 0.5, -2])
 def test_bad_factors_are_refused(sr_model, bad):
     with pytest.raises(UserError, match="sr_factor|factor"):
@@ -118,6 +123,7 @@ def test_config_refuses_a_non_finite_sr_factor():
             make_config("superres", sr_factor=bad, manualSeed=1)
 
 
+@pytest.mark.slow
 def test_generate_writes_sr_and_bicubic_and_never_overwrites(sr_dir, tmp_path):
     out = tmp_path / "eval"
     args = ["generate", "--model_dir", str(sr_dir), "--sr_factor", "4", "--seed", "0", "--out", str(out),
@@ -140,6 +146,7 @@ def test_generate_writes_sr_and_bicubic_and_never_overwrites(sr_dir, tmp_path):
     assert iio.imread(tmp_path / "own" / "sr_x4.png").shape == (4 * h, 4 * w, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["nan", "inf", "1", "-3"])
 def test_generate_refuses_bad_factors_in_one_line(sr_dir, tmp_path, value):
     result = runner.invoke(cli.app, ["generate", "--model_dir", str(sr_dir), "--sr_factor", value,
@@ -148,6 +155,7 @@ def test_generate_refuses_bad_factors_in_one_line(sr_dir, tmp_path, value):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_sr_factor_on_another_model_says_what_to_train(sr_model, tmp_path):
     m = sr_model
     other = ConSinGAN(m.config.replace(train_mode="retarget"), m.G, m.fixed, m.amps, m.shapes, m.real, m.D_state, {})

@@ -409,6 +409,7 @@ def test_fine_tuning_trains_the_top_stages_normal_groups(tmp_path, monkeypatch):
     assert seen["niter"] == 7
 
 
+@pytest.mark.slow
 def test_losses_are_logged_at_least_twenty_times_per_stage(tmp_path):
     from consingan.core.engine import log_interval
 

@@ -193,9 +193,7 @@ class Engine:
         # The networks are built from the run's generator, as they always were (three builds: the
         # numbers of a fine-tuning run depend on the draws they take).
         rng.build(lambda: Generator(config))
-        G = rng.build(lambda: Generator(config))
-        for _ in range(n - 1):
-            G.grow()
+        G = rng.build(lambda: Generator.of_stages(config, n))
         G.load_state_dict(model.G.state_dict())
         # model.real is the training image already: training_image's truncation must not act twice.
         engine = cls(config, model.real, G, rng, options, callbacks, stage0_input)
@@ -344,8 +342,7 @@ class Engine:
                     raise TrainingStopped(f"interrupted at stage {k}, iteration {done}", interrupted=True)
         finally:
             self.train_seconds += time.perf_counter() - t0
-        self.callbacks.on_stage_end(k, self.model())
-        self.G.train()  # stage-end callbacks may have sampled (eval mode)
+        self.callbacks.on_stage_end(k, self.model())  # sampling there leaves G in train mode (evaluating)
 
     @torch.no_grad()
     def _sample_image(self, state: StageState, iteration: int) -> torch.Tensor:

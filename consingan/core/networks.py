@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -248,6 +249,20 @@ class Discriminator(nn.Module):
         return g
 
 
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """``net`` in eval mode inside the block (batch norm uses its running statistics), each of its
+    modules back in the mode it was in after it: sampling leaves a model being trained in train mode
+    and a loaded one in eval mode."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class Generator(nn.Module):
     """One network that grows by a stage of num_layer ConvBlocks at a time and passes features upward.
 
@@ -266,6 +281,15 @@ class Generator(nn.Module):
         # Bicubic upsampling as matrix products (same numbers, faster); False: torch's kernel.
         self.fast_upsample = True
         init_weights(self)
+
+    @classmethod
+    def of_stages(cls, config: Config, n: int) -> "Generator":
+        """A generator of ``n`` stages, as training grows it (for a saved model's weights to be loaded
+        into). Growing copies weights and draws no random numbers: only the constructor draws."""
+        G = cls(config)
+        for _ in range(n - 1):
+            G.grow()
+        return G
 
     def _new_stage(self) -> nn.Sequential:
         c = self.config

@@ -12,6 +12,18 @@ import torch
 from ..core.image import _to_rgb_float, check_pixels, from_numpy, to_uint8
 from ..errors import UserError
 
+# The one list of image file names. Read: what the readers below take as one picture (a GIF: its
+# first frame), e.g. the images a folder given to the batch runner holds. Written: what an output
+# image's name must end with, formats every Pillow build writes without losing the pixels made here
+# (8-bit RGB and gray); GIF is left out (a palette of 256 colours).
+WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+READ_SUFFIXES = WRITE_SUFFIXES + (".gif",)
+
+
+def is_image_name(path: str | os.PathLike, suffixes: tuple[str, ...] = READ_SUFFIXES) -> bool:
+    return Path(path).suffix.lower() in suffixes
+
+
 # Pillow modes that hold another colour space or a palette, and the mode a viewer would show.
 _PIL_CONVERT = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB", "PA": "RGBA",
                 "La": "LA", "RGBa": "RGBA"}

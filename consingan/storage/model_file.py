@@ -170,9 +170,7 @@ def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path
     config = check_record(record, path)
     try:
         shapes = [tuple(int(v) for v in s) for s in record["shapes"]]
-        G = Generator(config)
-        for _ in range(len(shapes) - 1):
-            G.grow()
+        G = Generator.of_stages(config, len(shapes))
         try:
             G.load_state_dict(record["generator"])
         except RuntimeError as exc:  # names, counts or shapes of the weights differ from the settings'

@@ -7,6 +7,10 @@ checkpoint and model files, and the never-overwrite rule.
     <run>/<stage>/*.png     real, fake_iter_N, reconstruction_iter_N, reconstruction, samples_grid, previews
     <run>/checkpoint.pt     while training: the model so far + the training state (its own record)
     <run>/model.pt          when training finished (the checkpoint is then removed)
+    <run>/Evaluation/       what generate and evaluate write by default: random_samples*/ (the samples),
+                            reconstruction.png, real_image.png, metrics.json, animations; <stem>/ for the
+                            results of one naive image or painting
+    <run>/Web/<kind>_<time>/  what the web app makes from the model (one folder per request)
 
 ``RunDir.writer()`` is the callbacks object the engine writes through; a full disk becomes TrainingStopped with
 what was kept and how to go on.
@@ -40,7 +44,18 @@ INPUT_KEY = "input_name"  # the training image's path ("array" for one given in 
 DEVICE_KEY = "device"
 NAIVE_KEY = "naive_img"  # the naive image the run was started with (harmonization/editing previews)
 FINE_TUNED_KEY = "fine_tuned_from"  # a fine-tuning run: the model it started from
-PRESET_KEY = "preset"
+PRESET_KEY = "preset"  # the preset the settings started from (a name of config.PRESETS)
+# What is made from a trained model
+EVALUATION_DIR = "Evaluation"
+METRICS_FILE = "metrics.json"
+RESULTS_DIR = "Web"
+
+
+def samples_dir_name(scale_h: float = 1.0, scale_w: float = 1.0, start_scale: int = 0) -> str:
+    """random_samples, random_samples_scale_h_<H>_scale_w_<W>, ..._start_scale_<S>: one folder per setting."""
+    name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (
+        f"random_samples_scale_h_{scale_h:g}_scale_w_{scale_w:g}")
+    return name + (f"_start_scale_{start_scale}" if start_scale else "")
 
 
 def resume_command(run: Path) -> str:
@@ -74,6 +89,24 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG_FILE
+
+    def evaluation_dir(self, stem: str | None = None) -> Path:
+        """Where generate and evaluate write (``stem``: the folder of one naive image's or painting's results)."""
+        return self.path / EVALUATION_DIR / (stem or "")
+
+    @property
+    def samples_dir(self) -> Path:
+        """The samples generate (and the batch runner) write at the training size."""
+        return self.evaluation_dir() / samples_dir_name()
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.evaluation_dir() / METRICS_FILE
+
+    @property
+    def results_dir(self) -> Path:
+        """The web app's results: one folder per request below it."""
+        return self.path / RESULTS_DIR
 
     @contextmanager
     def claimed(self, fresh: bool, what: str = "--out_dir") -> Iterator["RunDir"]:

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..core.image import to_uint8
+from ..core.networks import evaluating
 from ..core.noise import gaussian
 from ..progress import count_progress
 from .sampling import _batch_size, make_generator
@@ -105,13 +106,14 @@ def walk_noise(model, walk: Walk, generator: torch.Generator | None = None) -> I
 def frame_batches(model, walk: Walk, seed: int | None = None) -> Iterator[torch.Tensor]:
     """The frames, a few at a time (Bx3xHxW in [-1, 1]); only one batch of noise is held at once."""
     G = model.G
-    G.eval()
     noise = walk_noise(model, walk, make_generator(model.device, seed))
     size = _batch_size(model)
     with torch.no_grad():
         while batch := list(itertools.islice(noise, size)):
             stacked = [torch.cat([frame[k] for frame in batch]) for k in range(model.num_stages)]
-            yield G(stacked, model.shapes, model.amps)
+            with evaluating(G):  # only around the call: G is as it was while the caller holds a batch
+                frames = G(stacked, model.shapes, model.amps)
+            yield frames
 
 
 def animate(model, walk: Walk | None = None, seed: int | None = None) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from ..config import Config
 from ..core.image import resize
+from ..core.networks import evaluating
 from ..core.rng import Rngs, device_of
 from ..errors import ConSinGANWarning, UserError
 from ..storage.image_files import read_array, read_image, save_image
@@ -73,8 +74,8 @@ def fine_tune_input(naive: torch.Tensor, config: Config) -> Callable[[torch.Tens
 
 @torch.no_grad()
 def _generate(model, z0: torch.Tensor) -> torch.Tensor:
-    model.G.eval()
-    return model.G([z0, *model.fixed[1:]], model.shapes, model.amps)
+    with evaluating(model.G):
+        return model.G([z0, *model.fixed[1:]], model.shapes, model.amps)
 
 
 @torch.no_grad()

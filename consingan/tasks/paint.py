@@ -25,6 +25,7 @@ import torch
 
 from ..config import Config
 from ..core.image import resize
+from ..core.networks import evaluating
 from ..core.noise import random_noise
 from ..storage.image_files import as_image
 from ..errors import UserError
@@ -256,7 +257,6 @@ def paint(model, painting: Any, num_samples: int = 1, seed: int | None = None) -
     check_aspect(painting, model.real, "the painting")
     z0 = painting_stage0(model, painting)
     G, device, c = model.G, model.device, model.config
-    G.eval()
     gen = make_generator(device, seed)
     std = c.mode.stage0_noise
     out = []
@@ -267,7 +267,8 @@ def paint(model, painting: Any, num_samples: int = 1, seed: int | None = None) -
             noise[0] = z0 + std * noise[0] if std else z0  # stage 0's own N(0, 1) for editing's noise
             per_sample.append(noise)
         noise = [torch.cat([s[k] for s in per_sample]) for k in range(len(model.shapes))]
-        out.append(G(noise, model.shapes, model.amps))
+        with evaluating(G):
+            out.append(G(noise, model.shapes, model.amps))
     return torch.cat(out)
 
 

@@ -6,6 +6,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..errors import UserError
+from ..core.networks import evaluating
 from ..core.noise import random_noise
 
 
@@ -41,7 +42,6 @@ def generate_batches(model, n: int = 1, scale_h: float = 1.0, scale_w: float = 1
                      start_scale: int = 0) -> Iterator[torch.Tensor]:
     """``generate``'s samples a batch at a time (Bx3xHxW, B <= 8): memory does not grow with n."""
     G, device = model.G, model.device
-    G.eval()
     shapes = scaled_shapes(model.shapes, scale_h, scale_w)
     if not 0 <= start_scale <= len(shapes):
         raise UserError(f"--start_scale {start_scale} is out of range for a model with {len(shapes)} stages; "
@@ -60,11 +60,13 @@ def _batches(model, G, device, shapes, n, seed, start_scale) -> Iterator[torch.T
         noise = [torch.cat([s[k] for s in per_sample]) for k in range(len(shapes))]
         for k in range(min(start_scale, len(shapes))):
             noise[k] = model.fixed[k].expand_as(noise[k])
-        yield G(noise, shapes, model.amps)
+        with evaluating(G):  # only around the call: the caller may train G between two batches
+            out = G(noise, shapes, model.amps)
+        yield out
 
 
 @torch.no_grad()
 def reconstruct(model) -> torch.Tensor:
     """The generator's output for the fixed noise: it should look like the training image."""
-    model.G.eval()
-    return model.G(model.fixed, model.shapes, model.amps)
+    with evaluating(model.G):
+        return model.G(model.fixed, model.shapes, model.amps)

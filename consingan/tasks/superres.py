@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..core.image import min_stage_side, resize, resize_weights, stage_scales
-from ..core.networks import autocast, upsample_interpolate, upsample_matmul
+from ..core.networks import autocast, evaluating, upsample_interpolate, upsample_matmul
 from ..errors import UserError
 from .sampling import make_generator
 
@@ -137,18 +137,18 @@ def super_resolve(model, factor: float | None = None, seed: int | None = None, s
         raise UserError(f"steps must be a whole number of at least 1 and back_projection at least 0, not {steps}, "
                         f"{back_projection}")
     G, device = model.G, model.device
-    G.eval()
     gen = make_generator(device, seed)
     border = c.num_layer * c.pad
     upsample = upsample_matmul if G.fast_upsample else upsample_interpolate
     top, amp = G.body[-1], float(model.amps[-1])
-    y = _top_features(model)
-    with autocast(c, y):
-        for h, w in step_sizes(model, factor, steps):
-            base = upsample(y, (h, w))
-            noise = torch.randn(1, c.nfc, h, w, device=device, generator=gen)
-            y = top(F.pad(base + amp * noise, (border,) * 4)) + base
-        out = G.tail(F.pad(y, (c.pad,) * 4))
+    with evaluating(G):
+        y = _top_features(model)
+        with autocast(c, y):
+            for h, w in step_sizes(model, factor, steps):
+                base = upsample(y, (h, w))
+                noise = torch.randn(1, c.nfc, h, w, device=device, generator=gen)
+                y = top(F.pad(base + amp * noise, (border,) * 4)) + base
+            out = G.tail(F.pad(y, (c.pad,) * 4))
     return back_project(out.float(), model.real.float(), back_projection)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -46,6 +45,7 @@ def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto
 
 def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.0.1", port: int = 7860,
            device: str = "auto", quiet: bool = False) -> None:
+    from ..signals import sigterm_as_interrupt
     from .actions import MAX_UPLOAD_MB
 
     if host not in LOOPBACK:
@@ -56,18 +56,13 @@ def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.
     demo.queue(default_concurrency_limit=4)
     print(f"ConSinGAN app: models in {state.store.root}; open http://{host if ':' not in host else f'[{host}]'}:{port}",
           flush=True)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):  # SIGTERM ends the app as Ctrl-C does: Gradio closes its server
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    restore = sigterm_as_interrupt()  # SIGTERM ends the app as Ctrl-C does: Gradio closes its server
     try:
         demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                     show_error=True, quiet=quiet, footer_links=["api"], ssr_mode=False)
     except KeyboardInterrupt:  # before the server was up: Gradio's own loop did not see it
         demo.close()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore()
         for line in state.queue.shutdown(timeout=60):  # a running training stops at a checkpoint
             print(line, file=sys.stderr)

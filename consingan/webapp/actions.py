@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -20,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MAX_SEED, MODES, PRESETS as CONFIG_PRESETS
+from ..config import MAX_SEED, MODES, draw_seed, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
+from ..storage.image_files import is_image_name
+from ..storage.rundir import RunDir
 from .jobs import Job, JobCallbacks, TrainingQueue
 from .store import ModelStore, inside
 
@@ -30,7 +31,6 @@ MAX_PIXELS = 40_000_000  # an image is read whole before it is resized to max_si
 MAX_SAMPLES = 64
 MAX_FRAMES = 300
 MAX_SCALE = 8.0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MODE_NAMES = list(MODES)
 PRESETS = tuple(sorted(CONFIG_PRESETS, key=lambda p: p != "fast"))  # fast first: the page's default
 
@@ -67,9 +67,9 @@ class AppState:
 # --- input checks -------------------------------------------------------------------------------
 
 def seed_of(value: Any) -> int:
-    """A seed from the page: blank -> a fresh random one; else a whole number 0..2^63-1."""
+    """A seed from the page: blank -> a fresh random one (config.draw_seed); else a whole number 0..2^63-1."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        return random.randint(0, 2**31 - 1)
+        return draw_seed()
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -133,7 +133,7 @@ def examples(state: AppState) -> list[str]:
     if not state.examples.is_dir():
         return []
     return sorted(p.relative_to(state.examples).as_posix() for p in state.examples.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem)
+                  if is_image_name(p) and "_mask" not in p.stem)
 
 
 def example_path(state: AppState, name: str) -> Path:
@@ -299,16 +299,10 @@ class StageSamples(JobCallbacks):
         from ..core.image import grid, to_uint8
         from ..model import ConSinGAN
 
-        nets = model.G
-        modes = {m: m.training for m in nets.modules()}
-        try:
-            m = ConSinGAN.of(model)
-            # harmonization and editing models take an image at stage 0: samples from noise mean little
-            images = m.sample(4, seed=0) if m.config.mode.result_name is None else None
-            rec = m.reconstruct()
-        finally:
-            for module, training in modes.items():  # sampling put them in eval mode; training goes on
-                module.train(training)
+        m = ConSinGAN.of(model)  # sampling leaves G in train mode: training goes on
+        # harmonization and editing models take an image at stage 0: samples from noise mean little
+        images = m.sample(4, seed=0) if m.config.mode.result_name is None else None
+        rec = m.reconstruct()
         with self.job.lock:
             if images is not None:
                 self.job.samples = to_uint8(grid(images, columns=4)[0])
@@ -510,7 +504,7 @@ def models_table(state: AppState) -> list[list[str]]:
     for name in state.store.models():
         folder = state.store.root / name
         info = state.store.info(name)
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime((folder / "model.pt").stat().st_mtime))
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(RunDir(folder).model_file.stat().st_mtime))
         rows.append([name, str(info.get("train_mode", "?")), str(info.get("train_stages", "?")),
                      str(info.get("max_size", "?")), stamp])
     return rows

@@ -7,23 +7,14 @@ import traceback
 import warnings
 from typing import Any, Callable
 
-from ..errors import ConSinGANWarning, UserError
+from ..errors import ConSinGANWarning, one_line
 
 _local = threading.local()
 
 
 def message_of(exc: BaseException) -> str | None:
-    """The command line's one-line message for what a user can fix (cli.fail_on), else None (a bug)."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else "a file"
-        return (f"cannot write or read {where} ({exc.strerror or exc}); check the path and its permissions, "
-                "or write the output elsewhere")
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-            "out of memory" in str(exc) or "can't allocate memory" in str(exc))):
-        return "out of memory; use a smaller size or fewer images"
-    return None
+    """The command line's one-line message for what a user can fix (errors.one_line), else None (a bug)."""
+    return one_line(exc, "use a smaller size or fewer images")
 
 
 def install_warning_hook() -> None:

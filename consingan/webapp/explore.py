@@ -17,6 +17,7 @@ import threading
 import torch
 import torch.nn as nn
 
+from ..core.networks import evaluating
 from ..core.noise import random_noise
 from ..errors import UserError
 from ..tasks.sampling import make_generator
@@ -81,5 +82,5 @@ def render(model, x: float, y: float, seed: int, start_scale: int, preview: bool
     if preview and stages > 1 and stages - 1 > start_scale:
         stages -= 1
     G = model.G if stages == model.num_stages else _partial(model.G, stages)
-    G.eval()
-    return G(noise[:stages], model.shapes[:stages], model.amps[:stages])
+    with evaluating(G):  # the view shares its stages with the model's G: they go back as they were
+        return G(noise[:stages], model.shapes[:stages], model.amps[:stages])

@@ -14,9 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..storage.model_file import MODEL_FILE
-
-CHECKPOINT_FILE = "checkpoint.pt"  # an interrupted run (core.engine.CHECKPOINT_FILE; not imported: no torch here)
-RESULTS_DIR = "Web"  # <model dir>/Web/<kind>_<time>/: what the app makes from a model
+from ..storage.rundir import CHECKPOINT_FILE, RESULTS_DIR, RunDir
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -80,7 +78,7 @@ class ModelStore:
     def info(self, name: str) -> dict:
         """The model's config.json ({} when it is missing or unreadable: the list still shows the model)."""
         try:
-            info = json.loads((self.folder(name) / "config.json").read_text(encoding="utf-8"))
+            info = json.loads(RunDir(self.folder(name)).config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         return info if isinstance(info, dict) else {}
@@ -111,7 +109,7 @@ class ModelStore:
 
     def results_dir(self, name: str, kind: str) -> Path:
         """A new folder ``<model>/Web/<kind>_<time>`` for one request's results (created here)."""
-        base = self.model_dir(name) / RESULTS_DIR
+        base = RunDir(self.model_dir(name)).results_dir
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         for i in range(1000):
             path = base / (f"{kind}_{stamp}" + (f"_{i}" if i else ""))
