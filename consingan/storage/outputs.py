@@ -11,6 +11,8 @@
   empty file under the real name. ``overwrite=False`` publishes with ``os.link``, which fails
   instead of replacing a file that another run created meanwhile.
 - A full disk (ENOSPC, EDQUOT) is a ``NoSpace`` error that names the device, not a traceback.
+- Files get the mode any other program's would: ``0o666`` less the process's umask (``file_mode``;
+  a temporary file is made ``0o600`` and changed before it is published).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -34,6 +37,34 @@ LOCK_FILE = ".consingan.lock"
 NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 # What tempfile.mkstemp(prefix=name + ".", suffix=".tmp") makes: the target's name, 8 random characters.
 _TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,5})?")
+
+
+_UMASK_LOCK = threading.Lock()
+_UMASK_READ: list[int] = []  # the umask read by setting it, once (where /proc cannot tell it)
+
+
+def current_umask() -> int:
+    """The process's umask. Linux tells it in /proc/self/status, read each time, so a umask the
+    program sets later counts; elsewhere it is read once, by setting it and setting it back at once
+    (under a lock: only this module's threads could see the moment it is 0)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        if not _UMASK_READ:
+            mask = os.umask(0o077)
+            os.umask(mask)
+            _UMASK_READ.append(mask)
+        return _UMASK_READ[0]
+
+
+def file_mode() -> int:
+    """The mode of a new file: read and write for whom the umask allows (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -113,7 +144,12 @@ def temp_file(path: str | os.PathLike, overwrite: bool = True, keep_suffix: bool
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = ".tmp" + (path.suffix if keep_suffix else "")
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, file_mode())  # mkstemp makes it 0o600; the published file follows the umask
+        except (AttributeError, OSError):
+            pass  # no fchmod (Windows) or a file system without modes
+        finally:
+            os.close(fd)
     except OSError as exc:
         _reraise_no_space(exc, path)
         raise

@@ -24,6 +24,7 @@ from ..config import Config
 from ..core.callbacks import Callbacks
 from ..core.engine import TrainingStopped
 from ..core.model import Model
+from ..core.numbering import position_text
 from ..errors import UserError
 from .image_files import read_image, save_image
 from .model_file import MODEL_FILE, atomic_save, from_record, read_record, save_model, to_record
@@ -146,7 +147,7 @@ class RunDir:
                 raise TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
                                       "nothing to resume: free space and train again", None, resume_hint=False) from None
             kept = "the last checkpoint" if self.written is None or finishing else \
-                f"the checkpoint of stage {self.written[0]}, iteration {self.written[1]}"
+                f"the checkpoint of {position_text(*self.written, folder=True)}"
             raise TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
                                   f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
                                   resume_hint=False) from None
