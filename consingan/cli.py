@@ -213,7 +213,7 @@ def train(
             dev = api.resolve_device(device, gpu, not_cuda)
             if out.is_dir():
                 output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
-            echo_device(dev)
+            echo_device(dev, resumed_config(out))
             process_speedups(dev)
             with stopped_message(out):
                 api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
@@ -249,7 +249,7 @@ def train(
         check_training_memory(image, config, dev)
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, config)
         output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
-        echo_device(dev)
+        echo_device(dev, config)
         process_speedups(dev)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
@@ -305,11 +305,28 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     return out
 
 
-def echo_device(device) -> None:
-    """The one line that says where a run computes (a GPU flag that could not be honoured was warned about)."""
+def echo_device(device, config=None) -> None:
+    """The one line that says where a run computes (a GPU flag that could not be honoured was warned about),
+    and in what precision when ``config`` is given (--precision auto made concrete, as config.json records it)."""
     from .device import describe
 
-    typer.echo(f"Device: {describe(device)}")
+    precision = ""
+    if config is not None:
+        from .core.runtime import resolve_precision
+
+        precision = f", computing in {resolve_precision(config, device).precision}"
+    typer.echo(f"Device: {describe(device)}{precision}")
+
+
+def resumed_config(out: Path):
+    """The settings of the interrupted run in ``out``, for the device line (None where they cannot be
+    read: api.resume then says what is wrong)."""
+    from .storage.rundir import RunDir
+
+    try:
+        return RunDir(out).checkpoint_config()
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def process_speedups(device) -> None:

@@ -61,6 +61,7 @@ def large_gif(path: str, side: int = 320) -> str:
 
 
 def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
+    from ..core.numbering import position_text
     from .estimate import describe_seconds
 
     if snap is None:
@@ -73,7 +74,7 @@ def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
             lines.append(f"waiting: number {state.queue.position(job)} in the queue (one training runs at a time)")
     if snap["state"] == RUNNING and snap["num_stages"]:
         left = "" if snap["seconds_left"] is None else f", about {describe_seconds(snap['seconds_left'])} left"
-        lines.append(f"stage {snap['stage'] + 1}/{snap['num_stages']}, iteration {snap['iteration']}/{snap['niter']}, "
+        lines.append(f"{position_text(snap['stage'], snap['iteration'], snap['num_stages'], snap['niter'])}, "
                      f"{describe_seconds(snap['elapsed'])} elapsed{left}")
         if snap["losses"]:
             lines.append("losses: " + ", ".join(f"{k} {v:.4g}" for k, v in snap["losses"].items()))
