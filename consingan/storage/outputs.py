@@ -306,3 +306,40 @@ def claim_dir(folder: str | os.PathLike, what: str = "--out_dir", fresh: bool = 
         raise UserError(f"{what} {folder} already exists and is not empty; choose another directory "
                         "(nothing was overwritten)")
     return claim
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` exists as anything but an empty directory (a file, a link, a directory with entries)."""
+    if not os.path.lexists(folder):
+        return False
+    if not folder.is_dir() or folder.is_symlink():
+        return True
+    return any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def numbered(folder: str | os.PathLike, n: int) -> Path:
+    """``folder`` itself for 0, else its sibling ``<name>_<n>`` (random_samples -> random_samples_1)."""
+    folder = Path(folder)
+    return folder if n == 0 else folder.with_name(f"{folder.name}_{n}")
+
+
+def free_folder(folder: str | os.PathLike) -> Path:
+    """The first of ``folder``, ``folder_1``, ``folder_2``, ... that does not exist or is empty: where a
+    command run again writes, so that nothing of the first run is overwritten."""
+    n = 0
+    while _holds_files(numbered(folder, n)):
+        n += 1
+    return numbered(folder, n)
+
+
+def claim_free_dir(folder: str | os.PathLike, what: str = "output folder") -> Claim:
+    """``claim_dir(fresh=True)`` on ``free_folder(folder)``; when another run takes that one first, the
+    next free one. The claimed folder is ``Claim.folder``."""
+    for _ in range(1000):
+        candidate = free_folder(folder)
+        try:
+            return claim_dir(candidate, what, fresh=True)
+        except UserError:
+            if not _holds_files(candidate) and not (candidate / LOCK_FILE).exists():
+                raise  # not taken by another run: a real problem (say, not a directory)
+    raise UserError(f"{folder} and its next 1000 numbered siblings are all in use; pass another output folder")

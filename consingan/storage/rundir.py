@@ -46,6 +46,29 @@ def resume_command(run: Path) -> str:
     return f"python main_train.py --resume {run}"
 
 
+def check_new_run_dir(path: Path, flag: str = "--out_dir") -> None:
+    """Refuse, before any work, a model directory named by ``flag`` that already holds files, saying
+    exactly what to pass instead: another ``flag`` (naming a free one), ``--resume`` for an interrupted
+    run, or the generate command for a finished model. A named folder is never swapped for another in
+    silence: the commands that follow (generate, evaluate) read the folder the user named."""
+    from .outputs import _holds_files, free_folder
+
+    if not _holds_files(path):
+        return
+    fresh = free_folder(path)
+    if not path.is_dir():
+        raise UserError(f"{flag} {path} already exists and is not a folder; pass another {flag} "
+                        f"({fresh} is free; nothing was overwritten)")
+    other = f"to train again, pass another {flag} ({fresh} is free)"
+    if (path / MODEL_FILE).exists():
+        raise UserError(f"{flag} {path} already holds a trained model; {other}, or use this one: "
+                        f"python main_generate.py --model_dir {path} (nothing was overwritten)")
+    if (path / CHECKPOINT_FILE).exists():
+        raise UserError(f"{flag} {path} holds an interrupted run; go on with it: {resume_command(path)}, or "
+                        f"{other} (nothing was overwritten)")
+    raise UserError(f"{flag} {path} already exists and is not empty; {other} (nothing was overwritten)")
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
