@@ -47,7 +47,7 @@ def start_server(models: Path, cwd: Path, host: str = "127.0.0.1"):
     def read():
         for line in proc.stdout:
             lines.append(line)
-            if "Running on local URL" in line:
+            if "ConSinGAN app: models in" in line:  # said once the server answers
                 ready.set()
         ready.set()  # the process ended
 
