@@ -354,3 +354,11 @@ def test_handlers_show_errors_and_warnings_as_the_command_line_words_them(monkey
 
     with pytest.raises(gr.Error, match="internal error: KeyError"):
         bug()
+
+
+def test_startup_prints_the_apps_own_line_only(app):
+    """One line with the address, said once the server answers; not Gradio's hint about share=True,
+    which a user of the command cannot act on."""
+    log = "".join(app["log"])
+    assert "share=True" not in log and "Running on local URL" not in log
+    assert sum("ConSinGAN app: models in" in line and "open http://127.0.0.1:" in line for line in app["log"]) == 1

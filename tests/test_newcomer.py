@@ -258,3 +258,35 @@ def test_outputs_follow_the_umask(tiny_image, tmp_path, umask, file_mode, dir_mo
             if stat.S_IMODE(p.stat().st_mode) != file_mode} == {}
     assert {p.as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in dirs
             if stat.S_IMODE(p.stat().st_mode) != dir_mode} == {}
+
+
+# --- 6. the web app's model lists (the browser test checks the page itself) --------------------------
+
+def test_each_tab_prefers_the_modes_it_suits_and_selects_a_model_trained_in_the_page():
+    from consingan.webapp.choices import choose
+
+    modes = {"paint_new": "paint", "gen": "generation", "harm": "harmonization", "sr": "superres", "anim": "animation"}
+    names = list(modes)  # newest first: a paint model is the newest
+    pick = lambda tab, **kw: choose(tab, names, modes.get, **kw)  # noqa: E731
+    assert pick("animation").value == "anim" and pick("explore").value == "gen" and pick("samples").value == "gen"
+    assert pick("paint").value == "paint_new" and pick("superres").names == ["sr"]
+    assert pick("harmonize").names == ["harm"] and pick("explore").names[:2] == ["gen", "anim"]
+    # the user's pick stays while it exists; a model just trained takes over where it fits
+    assert pick("explore", current="paint_new").value == "paint_new"
+    assert pick("explore", current="gone").value == "gen"
+    assert pick("explore", current="anim", trained="gen").value == "gen"
+    assert pick("harmonize", current="harm", trained="gen").value == "harm"
+    assert choose("explore", [], modes.get).value is None
+
+
+def test_the_model_table_shows_the_training_size(tiny_image, tmp_path):
+    from consingan.webapp.choices import training_size
+
+    out = tmp_path / "m"
+    consingan.train(consingan.read_image(tiny_image), out_dir=out, device="cpu", **{**TINY, "niter": 2, "max_size": 40})
+    model = consingan.load(out)
+    h, w = model.shapes[-1]
+    assert training_size(out) == (w, h) == (40, 27)  # the 45x30 upload under max_size 40
+    for real in out.glob("*/real.png"):
+        real.unlink()
+    assert training_size(out) == (40, 27)  # from the model file
