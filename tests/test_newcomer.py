@@ -161,7 +161,7 @@ def test_second_train_into_the_same_out_dir_says_which_flag_to_pass(tiny_image, 
     proc = run_cli("main_train.py", "--input_name", tiny_image, "--out_dir", out, *TINY_FLAGS, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: --out_dir {out} already holds a trained model; to train again, pass another --out_dir "
+        f"error: --out_dir {out} already exists and holds a trained model; to train again, pass another --out_dir "
         f"({out}_1 is free), or use this one: python main_generate.py --model_dir {out} (nothing was overwritten)"]
     assert "Device:" not in proc.stdout  # refused before any work
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before and not (tmp_path / "quickstart_1").exists()

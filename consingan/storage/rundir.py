@@ -61,10 +61,10 @@ def check_new_run_dir(path: Path, flag: str = "--out_dir") -> None:
                         f"({fresh} is free; nothing was overwritten)")
     other = f"to train again, pass another {flag} ({fresh} is free)"
     if (path / MODEL_FILE).exists():
-        raise UserError(f"{flag} {path} already holds a trained model; {other}, or use this one: "
+        raise UserError(f"{flag} {path} already exists and holds a trained model; {other}, or use this one: "
                         f"python main_generate.py --model_dir {path} (nothing was overwritten)")
     if (path / CHECKPOINT_FILE).exists():
-        raise UserError(f"{flag} {path} holds an interrupted run; go on with it: {resume_command(path)}, or "
+        raise UserError(f"{flag} {path} already exists and holds an interrupted run; go on with it: {resume_command(path)}, or "
                         f"{other} (nothing was overwritten)")
     raise UserError(f"{flag} {path} already exists and is not empty; {other} (nothing was overwritten)")
 
