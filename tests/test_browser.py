@@ -205,6 +205,31 @@ def test_train_in_the_browser(browser, tmp_path):
         select_tab(browser, "Train")
         assert browser.run("return [...document.querySelectorAll('button')].filter(b => b.offsetParent !== null && "
                            "b.innerText.trim() === 'Render').length") == 0
+
+        # A harmonization model trained by this server (through its API, as the page's button does) is
+        # selected in Harmonize, where it fits, and not in Samples, where the generation model stays;
+        # Harmonize shows its small training image enlarged and says its size.
+        from gradio_client import Client, handle_file
+
+        from test_app import TINY as APP_TINY
+
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
+        try:
+            job, _ = client.predict(handle_file(str(tmp_path / "tiny.png")), None, "harmonization", "fast",
+                                    *APP_TINY.values(), api_name="/train")
+            assert client.predict(int(job), 300, "end", api_name="/wait_job")["state"] == "done"
+        finally:
+            client.close()
+        harmonizer = next(p.parent for p in models.glob("tiny/*harmonization*/model.pt")).relative_to(models).as_posix()
+        select_tab(browser, "Harmonize / edit")
+        browser.wait_for(f"document.querySelector('#harmonize-model input').value === {json.dumps(harmonizer)}",
+                         "the harmonization model selected in Harmonize")
+        shown = browser.wait_for("(i => i && i.complete && i.naturalWidth)(document.querySelector('#harmonize-composite img'))",
+                                 "the training image in Harmonize")
+        assert shown >= 300  # 45 px wide, shown enlarged
+        browser.wait_for("document.querySelector('#harmonize-size').innerText.includes('45x30 px')", "the size note")
+        select_tab(browser, "Samples")
+        assert browser.run("return document.querySelector('#samples-model input').value") == name
     finally:
         stop_server(proc)
 
