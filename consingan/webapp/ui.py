@@ -10,8 +10,6 @@ from . import choices
 from .errors import guarded
 from .jobs import DONE, QUEUED, RUNNING
 
-NAIVE_MODES = ("harmonization", "editing")
-IMAGE_STAGE0_MODES = ("generation", "retarget", "harmonization", "editing", "paint", "superres")
 LIST_TABS = ("samples", "harmonize", "paint", "superres", "animation", "explore")  # the model lists, in list_outputs order
 PAD_SIDE = 180
 PAD_RANGE = 3.0  # the pad spans -3..3 on both axes
