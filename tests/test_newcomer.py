@@ -177,6 +177,12 @@ def test_second_generate_writes_numbered_samples_and_says_so(tiny_image, tmp_pat
     assert f"{samples} already holds samples, so these went to random_samples_1 beside it" in second.stdout
     assert second.stdout.strip().splitlines()[-1] == f"Samples saved to: {samples}_1"
     assert len(list(samples.glob("*.png"))) == 2 and len(list(Path(f"{samples}_1").glob("*.png"))) == 3
+    # a task's default folder (here --paint's Evaluation/<painting stem>/) likewise
+    for _ in range(2):
+        painted = run_cli("main_generate.py", "--model_dir", out, "--paint", tiny_image, "--num_samples", "1")
+    folder = out / "Evaluation" / tiny_image.stem
+    assert f"{folder} already holds results, so this run writes to {tiny_image.stem}_1 beside it" in painted.stdout
+    assert (folder / "painted_0.png").is_file() and Path(f"{folder}_1", "painted_0.png").is_file()
 
 
 def readme_quick_start() -> str:
