@@ -26,7 +26,7 @@ from .plan import Plan, prepare, tune_process
 from .progress import check_progress, count_progress, make_progress
 from .storage.image_files import as_image, read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
-from .storage.outputs import OutputExists, claim_dir, write_bytes
+from .storage.outputs import OutputExists, claim_dir, claim_free_dir, write_bytes
 from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, METRICS_FILE, RunDir, samples_dir_name
 from .tasks import harmonize as _harmonize
 from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
@@ -222,10 +222,11 @@ def load(path: str | Path, device: str = "cpu") -> ConSinGAN:
 
 def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scale_h: float = 1.0,
                   scale_w: float = 1.0, seed: int | None = None, start_scale: int = 0,
-                  progress: str = "none") -> Path:
+                  progress: str = "none", numbered: bool = False) -> Path:
     """The generate command's outputs: reconstruction.png, real_image.png and a folder of samples
     (``random_samples/`` or ``random_samples_scale_h_<H>_scale_w_<W>/``). Returns the samples folder.
-    An existing samples folder (or one another run is writing) is an error: nothing is overwritten.
+    An existing samples folder (or one another run is writing) is an error: nothing is overwritten;
+    with ``numbered``, the samples go to its first free sibling instead (``random_samples_1``, ...).
 
     Samples are written as they are made, a batch at a time, each file atomically, so memory does not
     grow with ``num_samples`` and a run killed mid-way leaves only whole files. ``progress``: "auto"
@@ -237,7 +238,9 @@ def write_samples(model: ConSinGAN, out: str | Path, num_samples: int = 50, scal
     folder = out / samples_dir_name(scale_h, scale_w, start_scale)
     batches = generate_batches(model, num_samples, scale_h=scale_h, scale_w=scale_w, seed=seed,
                                start_scale=start_scale)  # checks the settings before anything is written
-    with claim_dir(folder, "output folder", fresh=True), count_progress(progress, num_samples, "samples") as bar:
+    claim = claim_free_dir(folder) if numbered else claim_dir(folder, "output folder", fresh=True)
+    folder = claim.folder
+    with claim, count_progress(progress, num_samples, "samples") as bar:
         i = 0
         for batch in batches:
             for s in batch:

@@ -697,6 +697,13 @@ class _View:
             self.live = Live(self._table(), console=Console(file=self.stream), refresh_per_second=4, transient=False)
             self.live.start()
 
+    def say(self, text: str) -> None:
+        """A line above the table (or among the plain lines): what the batch waits for."""
+        if self.kind == "rich":
+            self.live.console.print(text, highlight=False, markup=False)
+        elif self.kind == "plain":
+            print(text, file=self.stream, flush=True)
+
     def update(self, name: str, state: Mapping[str, Any]) -> None:
         self.rows[name] = {**self.rows.get(name, {}), **state}
 
@@ -801,6 +808,8 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
         if todo:  # Ray only when there is work: a rerun of a finished batch starts nothing
             own_ray = not ray.is_initialized()
             if own_ray:
+                view.say(f"joining the Ray cluster at {address}..." if address else
+                         "starting Ray (it takes a few seconds; the jobs wait for it)...")
                 start_ray(num_cpus=num_cpus, address=address)
             try:
                 check_shared(ray, root)

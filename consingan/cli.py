@@ -21,7 +21,7 @@ from .config import MAX_SEED, preset_help
 from .errors import UserError, one_line
 from .core.engine import TrainingStopped
 from .plan import check_object, check_samples
-from .storage.rundir import RunDir, resume_command
+from .storage.rundir import RunDir, check_new_run_dir, resume_command
 
 # Click's own help layout (rich_markup_mode=None): it wraps help text at word boundaries and gives a long
 # flag name a line of its own, where rich's table cut names such as --input_name mid-word at 80 columns.
@@ -212,7 +212,7 @@ def train(
             dev = api.resolve_device(device, gpu, not_cuda)
             if out.is_dir():
                 output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
-            echo_device(dev)
+            echo_device(dev, resumed_config(out))
             with stopped_message(out):
                 api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
             typer.echo(f"Model saved to: {out}")
@@ -240,8 +240,9 @@ def train(
             typer.echo(plan.describe())
             return
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, plan.config)
+        check_new_run_dir(out)  # a named --out_dir that holds files: say which flag to pass, before any work
         output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
-        echo_device(plan.device)
+        echo_device(plan.device, plan.config)
         with stopped_message(out):
             api.train(plan, out_dir=out, progress=progress, checkpoint_every=checkpoint_every)
     except HANDLED as e:
@@ -285,6 +286,7 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
                         "only --niter and --manualSeed can")
     mode_given = any(p.name == "train_mode" for p in given)
     out = Path(out_dir) if out_dir else api.fine_tune_dir(model_dir)
+    check_new_run_dir(out)
     output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
     echo_device(torch_device(device))
     with stopped_message(out):
@@ -294,11 +296,28 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     return out
 
 
-def echo_device(device) -> None:
-    """The one line that says where a run computes (a GPU flag that could not be honoured was warned about)."""
+def echo_device(device, config=None) -> None:
+    """The one line that says where a run computes (a GPU flag that could not be honoured was warned about),
+    and in what precision when ``config`` is given (--precision auto made concrete, as config.json records it)."""
     from .device import describe
 
-    typer.echo(f"Device: {describe(device)}")
+    precision = ""
+    if config is not None:
+        from .core.runtime import resolve_precision
+
+        precision = f", computing in {resolve_precision(config, device).precision}"
+    typer.echo(f"Device: {describe(device)}{precision}")
+
+
+def resumed_config(out: Path):
+    """The settings of the interrupted run in ``out``, for the device line (None where they cannot be
+    read: api.resume then says what is wrong)."""
+    from .storage.rundir import RunDir
+
+    try:
+        return RunDir(out).checkpoint_config()
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def torch_device(name: str):
@@ -418,8 +437,8 @@ def generate(
         if naive_img or mask:
             if not naive_img:
                 raise UserError("--mask needs --naive_img (the image it belongs to)")
-            target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(naive_img).stem),
-                                   OUT_FIX)
+            target = output_folder(default_task_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(
+                Path(naive_img).stem), out), OUT_FIX)
             for path in api.write_harmonized(model, naive_img, target, mask_path=mask, seed=seed):
                 typer.echo(f"Saved: {path}")
             return
@@ -434,13 +453,37 @@ def generate(
             raise UserError(f"{', '.join(given)} only apply to animation models; this model was trained "
                             f"with --train_mode {model.config.train_mode}")
         folder = api.write_samples(model, target, num_samples=num_samples, scale_h=scale_h,
-                                   scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto")
+                                   scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto",
+                                   numbered=True)
     except HANDLED as e:
         fail_on(e, "use smaller --scale_h/--scale_w")
+    first = numbered_base(folder)
+    if first != folder:
+        typer.echo(f"{first} already holds samples, so these went to {folder.name} beside it (nothing was overwritten)")
     typer.echo(f"Samples saved to: {folder}")
 
 
 OUT_FIX = "pass --out DIR to write elsewhere"
+
+
+def numbered_base(folder: Path) -> Path:
+    """random_samples_2 -> random_samples (the folder a first run writes; api.write_samples(numbered=True))."""
+    stem, _, n = folder.name.rpartition("_")
+    return folder.with_name(stem) if stem and n.isdigit() and stem.startswith("random_samples") else folder
+
+
+def default_task_folder(folder: Path, out) -> Path:
+    """The folder a task writes when --out is not given: ``folder``, or when it already holds results
+    of an earlier run, its first free numbered sibling (said on the way: nothing is overwritten)."""
+    if out:
+        return folder
+    from .storage.outputs import free_folder
+
+    free = free_folder(folder)
+    if free != folder:
+        typer.echo(f"{folder} already holds results, so this run writes to {free.name} beside it "
+                   "(nothing was overwritten)")
+    return free
 
 
 def task_flags(sr_factor, paint, naive, scale_h, scale_w, start_scale, *animation) -> Optional[str]:
@@ -478,7 +521,8 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
 
     painting.require_image_stage0(model.config)
     n = PAINT_SAMPLES if num_samples is None else num_samples
-    target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(paint).stem), OUT_FIX)
+    target = output_folder(default_task_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(Path(paint).stem),
+                                               out), OUT_FIX)
     check_samples(model, 1.0, 1.0, n)
     for path in painting.write_results(model, paint, target, num_samples=n, seed=seed):
         typer.echo(f"Saved: {path}")

@@ -7,6 +7,7 @@ import time
 from typing import Mapping
 
 from .core.callbacks import Callbacks
+from .core.numbering import iteration_text, position_text, stage_text
 
 
 def _fmt_losses(losses: Mapping[str, float] | None) -> str:
@@ -52,7 +53,7 @@ class PlainProgress(StageProgress):
         self.every = max(1, niter // self.lines)
         self.losses: Mapping[str, float] | None = None
         self.losses_at = 0
-        print(f"stage {stage + 1}/{num_stages}: {niter} iterations", file=self.stream, flush=True)
+        print(f"{stage_text(stage, num_stages)}: {niter} iterations", file=self.stream, flush=True)
 
     def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None:
         """``iteration`` counts completed iterations (1..niter)."""
@@ -66,37 +67,71 @@ class PlainProgress(StageProgress):
             left = self.timer.seconds(self.stage, iteration)
         else:  # this stage's
             left = elapsed / done * (self.niter - iteration) if done else 0.0
-        # losses are read only every few hundred iterations (a read waits for the GPU): say from when
-        shown = f"{_fmt_losses(self.losses)} (at iter {self.losses_at}) " if self.losses else ""
-        print(f"stage {self.stage + 1}/{self.num_stages} iter {iteration}/{self.niter} {shown}"
-              f"elapsed {elapsed:.0f}s left {left:.0f}s", file=self.stream, flush=True)
+        # where and how long first, the losses last; they are read only every few hundred iterations
+        # (a read waits for the GPU): say from when
+        shown = f"; {_losses_text(self.losses, self.losses_at)}" if self.losses else ""
+        print(f"{position_text(self.stage, iteration, self.num_stages, self.niter)}, "
+              f"elapsed {elapsed:.0f}s, left {left:.0f}s{shown}", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass
 
 
-class RichProgress(StageProgress):
-    """A live bar per stage: stage k/N, iteration, latest logged losses, time left."""
+def _losses_text(losses: Mapping[str, float] | None, at: int) -> str:
+    return f"losses at {iteration_text(at)}: {_fmt_losses(losses)}"
 
-    def __init__(self):
+
+# The bar line's widths: "stage 6/6 " + bar + " 2000/2000 0:12:34 left 0:05:00" fits 80 columns.
+BAR_WIDTH = 30
+
+
+class RichProgress(StageProgress):
+    """A live bar per stage: stage k/N, the bar, iterations done, time elapsed and left (at most about
+    70 columns, so an 80-column terminal shows it whole), and below the bars one line with the latest
+    logged losses, cut at the terminal's width."""
+
+    def __init__(self, console=None):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
 
-        self.progress = Progress(
-            TextColumn("[bold]stage {task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("left"),
-            TimeRemainingColumn(),
+        owner = self
+
+        class _Progress(Progress):
+            def get_renderables(self):
+                yield self.make_tasks_table(self.tasks)
+                if owner.losses:
+                    yield Text(owner.losses, no_wrap=True, overflow="ellipsis", style="dim")
+
+        class _Left(TimeRemainingColumn):
+            """The whole run's time left from the cost model (kept to the pace so far) when the run's
+            estimate is known; this stage's, from its own pace, otherwise."""
+
+            def render(self, task):
+                if owner.timer is None or owner.stage is None:
+                    return super().render(task)
+                left = int(owner.timer.seconds(owner.stage, int(task.completed)))
+                return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
+
+        self.losses = ""
+        self.stage = None
+        self.progress = _Progress(
+            TextColumn("[bold]{task.fields[stage]}"), BarColumn(bar_width=BAR_WIDTH), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("left"), _Left(),
+            **({"console": console} if console is not None else {}),
         )
         self.progress.start()
         self.task = None
 
     def start_stage(self, stage: int, num_stages: int, niter: int, start_iter: int = 0) -> None:
+        self.stage = stage
         self.task = self.progress.add_task("train", total=niter, completed=start_iter,
-                                           stage=f"{stage + 1}/{num_stages}", losses="")
+                                           stage=stage_text(stage, num_stages))
 
     def update(self, iteration: int, losses: Mapping[str, float] | None = None) -> None:
-        fields = {"losses": _fmt_losses(losses)} if losses else {}
-        self.progress.update(self.task, completed=iteration, **fields)
+        if losses:
+            self.losses = _losses_text(losses, iteration)
+        self.progress.update(self.task, completed=iteration)
 
     def close(self) -> None:
         self.progress.stop()
@@ -114,14 +149,12 @@ def check_progress(kind: "str | Callbacks") -> "str | Callbacks":
 def make_progress(kind: "str | Callbacks" = "auto", estimate=None) -> Callbacks | None:
     """"auto": a bar on a terminal, plain lines otherwise; "plain"; "none" (None); a callbacks object
     (e.g. a PlainProgress writing to a stream of your own) is used as it is. ``estimate``: a function
-    giving the run's core/cost.Estimate; the plain lines' time left is then the whole run's."""
+    giving the run's core/cost.Estimate; the time left (bar or lines) is then the whole run's."""
     if isinstance(check_progress(kind), Callbacks):
         return kind
     if kind == "none":
         return None
-    if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
-        return RichProgress()
-    bar = PlainProgress()
+    bar = RichProgress() if kind == "rich" or (kind == "auto" and sys.stdout.isatty()) else PlainProgress()
     if estimate is not None:
         bar.timer = estimate().time_left()
     return bar

@@ -47,7 +47,7 @@ def start_server(models: Path, cwd: Path, host: str = "127.0.0.1"):
     def read():
         for line in proc.stdout:
             lines.append(line)
-            if "Running on local URL" in line:
+            if "ConSinGAN app: models in" in line:  # said once the server answers
                 ready.set()
         ready.set()  # the process ended
 
@@ -360,3 +360,11 @@ def test_handlers_show_errors_and_warnings_as_the_command_line_words_them(monkey
 
     with pytest.raises(gr.Error, match="internal error: KeyError"):
         bug()
+
+
+def test_startup_prints_the_apps_own_line_only(app):
+    """One line with the address, said once the server answers; not Gradio's hint about share=True,
+    which a user of the command cannot act on."""
+    log = "".join(app["log"])
+    assert "share=True" not in log and "Running on local URL" not in log
+    assert sum("ConSinGAN app: models in" in line and "open http://127.0.0.1:" in line for line in app["log"]) == 1

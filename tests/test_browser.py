@@ -172,5 +172,87 @@ def test_train_in_the_browser(browser, tmp_path):
         assert (config["nfc"], config["train_stages"], config["niter"]) == (4, 2, 6)
         if os.environ.get("CONSINGAN_SCREENSHOT_DIR"):  # for the README
             shutil.copy(shot, Path(os.environ["CONSINGAN_SCREENSHOT_DIR"]) / "browser_test.png")
+
+        # The model trained in the page is selected where it fits (a generation model: Samples, Animation,
+        # Explore), without a reload; Harmonize (harmonization/editing only) does not list it.
+        name = trained[0].parent.relative_to(models).as_posix()
+        for tab, box in (("Samples", "samples-model"), ("Animation", "animation-model"), ("Explore", "explore-model")):
+            select_tab(browser, tab)
+            browser.wait_for(f"(e => e && e.value === {json.dumps(name)})(document.querySelector('#{box} input'))",
+                             f"{name} selected in {tab}")
+        select_tab(browser, "Harmonize / edit")
+        assert browser.run("return document.querySelector('#harmonize-model input').value") == ""
+        # the model table shows the size it trained at (45x30: the upload, under max_size 45)
+        select_tab(browser, "Train")
+        browser.wait_for("document.querySelector('#train-models').innerText.includes('45x30')", "the training size")
+
+        # A reload: the Explore pad is a picture (not a broken image) before any slider moves, and the
+        # new page lists the model too.
+        for _ in range(2):
+            browser.get(url)
+            select_tab(browser, "Explore")
+            width = browser.wait_for("(i => i && i.complete && i.naturalWidth)(document.querySelector('#explore-pad img'))",
+                                     "the Explore pad after a reload")
+            assert width > 0
+            browser.wait_for(f"document.querySelector('#explore-model input').value === {json.dumps(name)}",
+                             "the model in the reloaded page")
+
+        # No control of one tab shows on another (e.g. Explore's Render button below every tab).
+        for tab, prefix in TABS:
+            select_tab(browser, tab)
+            strays = browser.run(STRAYS_JS, prefix)
+            assert strays == [], f"{tab} shows controls of other tabs: {strays}"
+        select_tab(browser, "Train")
+        assert browser.run("return [...document.querySelectorAll('button')].filter(b => b.offsetParent !== null && "
+                           "b.innerText.trim() === 'Render').length") == 0
+
+        # A harmonization model trained by this server (through its API, as the page's button does) is
+        # selected in Harmonize, where it fits, and not in Samples, where the generation model stays;
+        # Harmonize shows its small training image enlarged and says its size.
+        from gradio_client import Client, handle_file
+
+        from test_app import TINY as APP_TINY
+
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
+        try:
+            job, _ = client.predict(handle_file(str(tmp_path / "tiny.png")), None, "harmonization", "fast",
+                                    *APP_TINY.values(), api_name="/train")
+            assert client.predict(int(job), 300, "end", api_name="/wait_job")["state"] == "done"
+        finally:
+            client.close()
+        harmonizer = next(p.parent for p in models.glob("tiny/*harmonization*/model.pt")).relative_to(models).as_posix()
+        select_tab(browser, "Harmonize / edit")
+        browser.wait_for(f"document.querySelector('#harmonize-model input').value === {json.dumps(harmonizer)}",
+                         "the harmonization model selected in Harmonize")
+        shown = browser.wait_for("(i => i && i.complete && i.naturalWidth)(document.querySelector('#harmonize-composite img'))",
+                                 "the training image in Harmonize")
+        assert shown >= 300  # 45 px wide, shown enlarged
+        browser.wait_for("document.querySelector('#harmonize-size').innerText.includes('45x30 px')", "the size note")
+        select_tab(browser, "Samples")
+        assert browser.run("return document.querySelector('#samples-model input').value") == name
     finally:
         stop_server(proc)
+
+
+TABS = [("Train", "train"), ("Samples", "samples"), ("Harmonize / edit", "harmonize"), ("Paint", "paint"),
+        ("Super-resolution", "superres"), ("Animation", "animation"), ("Explore", "explore")]
+# The visible elements whose id names another tab's control (ids are "<tab>-<what>").
+STRAYS_JS = """
+const shown = arguments[0];
+const prefixes = %s;
+return [...document.querySelectorAll('[id]')].filter(e => {
+    const p = e.id.split('-')[0];
+    const r = e.getBoundingClientRect();
+    return prefixes.includes(p) && p !== shown && !e.id.startsWith('tab-') && e.offsetParent !== null
+        && r.width > 0 && r.height > 0;
+}).map(e => e.id);
+""" % json.dumps([p for _, p in TABS])
+
+
+def select_tab(browser, label: str) -> None:
+    """Click the tab button labelled ``label`` and wait until it is the selected one."""
+    find = ("[...document.querySelectorAll('button[role=tab]')].find(b => b.innerText.trim() === %s)"
+            % json.dumps(label))
+    browser.wait_for(find, f"the {label} tab button")
+    browser.run(f"{find}.click()")
+    browser.wait_for(f"({find}).getAttribute('aria-selected') === 'true'", f"the {label} tab selected")

@@ -68,9 +68,12 @@ def test_generate_writes_samples_of_the_right_size_that_differ(trained):
             "--scale_w", "2", "--out", ev)
     wide = iio.imread(ev / "random_samples_scale_h_1_scale_w_2" / "gen_sample_0.png")
     assert wide.shape == (h, int(2 * w), 3)
-    # the samples folder is never overwritten
-    again = run_cli("main_generate.py", "--model_dir", out, "--num_samples", "1", "--out", ev, check=False)
-    assert again.returncode == 2 and "Traceback" not in again.stderr
+    # the samples folder is never overwritten: a second run writes a numbered one beside it and says so
+    before = sorted(p.name for p in (ev / "random_samples").iterdir())
+    again = run_cli("main_generate.py", "--model_dir", out, "--num_samples", "1", "--out", ev)
+    assert again.stdout.strip().splitlines()[-1] == f"Samples saved to: {ev / 'random_samples_1'}"
+    assert sorted(p.name for p in (ev / "random_samples").iterdir()) == before
+    assert sorted(p.name for p in (ev / "random_samples_1").iterdir()) == ["gen_sample_0.png"]
 
 
 @pytest.mark.slow

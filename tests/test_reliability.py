@@ -163,8 +163,8 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tiny_image, tmp
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: no space left on {errors[0][len('error: no space left on '):]}"]
-    # saved: stage 0 iteration 5, the start of stage 1; failed: stage 1 iteration 5
-    assert "; kept the checkpoint of stage 1, iteration 0" in errors[0]
+    # saved: stage 1 (folder 0) iteration 5, the start of stage 2; failed: stage 2 iteration 5
+    assert "; kept the checkpoint of stage 2 (folder 1), iteration 0" in errors[0]
     assert errors[0].endswith(f"free space and resume with: python main_train.py --resume {out}")
     record = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (record["train"]["stage"], record["train"]["stage_ready"]) == (1, False)  # the start of stage 1
@@ -267,7 +267,7 @@ def test_ctrl_c_after_a_nan_loss_keeps_the_last_good_checkpoint(tiny_image, tmp_
     out = tmp_path / "run"
     config = consingan.make_config(**{**TINY, "niter": 200})  # log points every 10 iterations: none at 7 or 8
     original = signal.getsignal(signal.SIGINT)
-    with pytest.raises(train_mod.TrainingStopped, match="NaN or infinite at stage 0") as stop:
+    with pytest.raises(train_mod.TrainingStopped, match=r"NaN or infinite at stage 1/3 \(folder 0\), by iteration 8/200") as stop:
         consingan.train(consingan.read_image(tiny_image), config, out_dir=out, checkpoint_every=5, device="cpu")
     assert signal.getsignal(signal.SIGINT) is original and calls["n"] == 8
     assert stop.value.exit_code == 1 and not stop.value.interrupted

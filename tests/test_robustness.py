@@ -119,7 +119,7 @@ def test_saturated_generator_stops_training_with_advice(tiny_image, tmp_path):
                 self.G.tail[0].bias.fill_(-4.0)  # tanh(-4) = -0.99933: not exactly -1, but no way back
 
     config = consingan.make_config(train_stages=3, niter=300, nfc=8, min_size=12, max_size=40, manualSeed=1)
-    with pytest.raises(TrainingStopped, match="saturated at stage 0, iteration 1.*--lr_g 1e-4") as stop:
+    with pytest.raises(TrainingStopped, match=r"saturated at stage 1/3 \(folder 0\), iteration 1/300.*--lr_g 1e-4") as stop:
         Saturating.start(consingan.read_image(tiny_image), config).run()
     assert stop.value.checkpoint is None  # nothing worth resuming
     # an ordinary run is not stopped by the check, nor is a training image that is itself all black

@@ -31,6 +31,7 @@ from .image import pyramid, training_image
 from .model import Model
 from .networks import Discriminator, Generator
 from .noise import fixed_noise, random_noise
+from .numbering import position_text, stage_text
 from .rng import Rngs
 from .runtime import cpu_has_bf16, resolve_precision
 from .step import StageState
@@ -325,7 +326,7 @@ class Engine:
                 rec = self._reconstruction(state) if logged else None
                 if rec is not None and self._saturated(rec, state.real):
                     raise TrainingStopped(
-                        f"the generator's output saturated at stage {k}, iteration {done}: every pixel of the "
+                        f"the generator's output saturated at {position_text(k, done, len(self.reals), niter, folder=True)}: every pixel of the "
                         "reconstruction is at -1 or 1, where tanh passes (almost) no gradient, so training does "
                         "not recover. Very dark or very bright images can do this; train again with lower "
                         "learning rates (e.g. --lr_g 1e-4 --lr_d 1e-4) or another --manualSeed")
@@ -339,7 +340,8 @@ class Engine:
                     self._checkpoint()  # checks the losses first: NaN weights are never handed out
                 self.callbacks.on_iteration(k, done, logged)
                 if stopping:
-                    raise TrainingStopped(f"interrupted at stage {k}, iteration {done}", interrupted=True)
+                    raise TrainingStopped(f"interrupted at {position_text(k, done, len(self.reals), niter, folder=True)}",
+                                          interrupted=True)
         finally:
             self.train_seconds += time.perf_counter() - t0
         self.callbacks.on_stage_end(k, self.model())  # sampling there leaves G in train mode (evaluating)
@@ -373,7 +375,8 @@ class Engine:
         if self.finite is not None and not bool(self.finite):  # a host sync: only at log and checkpoint points
             k, done = self.finite_at
             raise TrainingStopped(
-                f"a loss became NaN or infinite at stage {k}, iteration <= {done}; training stopped "
+                f"a loss became NaN or infinite at {stage_text(k, len(self.reals), folder=True)}, by iteration "
+                f"{done}/{self.config.stage_niter(k)}; training stopped "
                 "(lower --lr_g/--lr_d or change the seed)")
 
     def _checkpoint(self) -> None:

@@ -11,6 +11,8 @@
   empty file under the real name. ``overwrite=False`` publishes with ``os.link``, which fails
   instead of replacing a file that another run created meanwhile.
 - A full disk (ENOSPC, EDQUOT) is a ``NoSpace`` error that names the device, not a traceback.
+- Files get the mode any other program's would: ``0o666`` less the process's umask (``file_mode``;
+  a temporary file is made ``0o600`` and changed before it is published).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -34,6 +37,34 @@ LOCK_FILE = ".consingan.lock"
 NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 # What tempfile.mkstemp(prefix=name + ".", suffix=".tmp") makes: the target's name, 8 random characters.
 _TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,5})?")
+
+
+_UMASK_LOCK = threading.Lock()
+_UMASK_READ: list[int] = []  # the umask read by setting it, once (where /proc cannot tell it)
+
+
+def current_umask() -> int:
+    """The process's umask. Linux tells it in /proc/self/status, read each time, so a umask the
+    program sets later counts; elsewhere it is read once, by setting it and setting it back at once
+    (under a lock: only this module's threads could see the moment it is 0)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        if not _UMASK_READ:
+            mask = os.umask(0o077)
+            os.umask(mask)
+            _UMASK_READ.append(mask)
+        return _UMASK_READ[0]
+
+
+def file_mode() -> int:
+    """The mode of a new file: read and write for whom the umask allows (0o644 under umask 022)."""
+    return 0o666 & ~current_umask()
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -113,7 +144,12 @@ def temp_file(path: str | os.PathLike, overwrite: bool = True, keep_suffix: bool
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = ".tmp" + (path.suffix if keep_suffix else "")
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, file_mode())  # mkstemp makes it 0o600; the published file follows the umask
+        except (AttributeError, OSError):
+            pass  # no fchmod (Windows) or a file system without modes
+        finally:
+            os.close(fd)
     except OSError as exc:
         _reraise_no_space(exc, path)
         raise
@@ -270,3 +306,40 @@ def claim_dir(folder: str | os.PathLike, what: str = "--out_dir", fresh: bool = 
         raise UserError(f"{what} {folder} already exists and is not empty; choose another directory "
                         "(nothing was overwritten)")
     return claim
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` exists as anything but an empty directory (a file, a link, a directory with entries)."""
+    if not os.path.lexists(folder):
+        return False
+    if not folder.is_dir() or folder.is_symlink():
+        return True
+    return any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def numbered(folder: str | os.PathLike, n: int) -> Path:
+    """``folder`` itself for 0, else its sibling ``<name>_<n>`` (random_samples -> random_samples_1)."""
+    folder = Path(folder)
+    return folder if n == 0 else folder.with_name(f"{folder.name}_{n}")
+
+
+def free_folder(folder: str | os.PathLike) -> Path:
+    """The first of ``folder``, ``folder_1``, ``folder_2``, ... that does not exist or is empty: where a
+    command run again writes, so that nothing of the first run is overwritten."""
+    n = 0
+    while _holds_files(numbered(folder, n)):
+        n += 1
+    return numbered(folder, n)
+
+
+def claim_free_dir(folder: str | os.PathLike, what: str = "output folder") -> Claim:
+    """``claim_dir(fresh=True)`` on ``free_folder(folder)``; when another run takes that one first, the
+    next free one. The claimed folder is ``Claim.folder``."""
+    for _ in range(1000):
+        candidate = free_folder(folder)
+        try:
+            return claim_dir(candidate, what, fresh=True)
+        except UserError:
+            if not _holds_files(candidate) and not (candidate / LOCK_FILE).exists():
+                raise  # not taken by another run: a real problem (say, not a directory)
+    raise UserError(f"{folder} and its next 1000 numbered siblings are all in use; pass another output folder")

@@ -30,6 +30,7 @@ from ..config import Config
 from ..core.callbacks import Callbacks
 from ..core.engine import TrainingStopped
 from ..core.model import Model
+from ..core.numbering import position_text
 from ..errors import UserError
 from .image_files import read_image, save_image
 from .model_file import MODEL_FILE, atomic_save, from_record, read_record, save_model, to_record
@@ -70,6 +71,29 @@ def run_info(config: Config, input_name: str | None, device: torch.device | str,
     if isinstance(naive, (str, os.PathLike)):
         info[NAIVE_KEY] = Path(naive).as_posix()
     return info
+
+
+def check_new_run_dir(path: Path, flag: str = "--out_dir") -> None:
+    """Refuse, before any work, a model directory named by ``flag`` that already holds files, saying
+    exactly what to pass instead: another ``flag`` (naming a free one), ``--resume`` for an interrupted
+    run, or the generate command for a finished model. A named folder is never swapped for another in
+    silence: the commands that follow (generate, evaluate) read the folder the user named."""
+    from .outputs import _holds_files, free_folder
+
+    if not _holds_files(path):
+        return
+    fresh = free_folder(path)
+    if not path.is_dir():
+        raise UserError(f"{flag} {path} already exists and is not a folder; pass another {flag} "
+                        f"({fresh} is free; nothing was overwritten)")
+    other = f"to train again, pass another {flag} ({fresh} is free)"
+    if (path / MODEL_FILE).exists():
+        raise UserError(f"{flag} {path} already exists and holds a trained model; {other}, or use this one: "
+                        f"python main_generate.py --model_dir {path} (nothing was overwritten)")
+    if (path / CHECKPOINT_FILE).exists():
+        raise UserError(f"{flag} {path} already exists and holds an interrupted run; go on with it: {resume_command(path)}, or "
+                        f"{other} (nothing was overwritten)")
+    raise UserError(f"{flag} {path} already exists and is not empty; {other} (nothing was overwritten)")
 
 
 class RunDir:
@@ -189,7 +213,7 @@ class RunDir:
                 raise TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
                                       "nothing to resume: free space and train again", None, resume_hint=False) from None
             kept = "the last checkpoint" if self.written is None or finishing else \
-                f"the checkpoint of stage {self.written[0]}, iteration {self.written[1]}"
+                f"the checkpoint of {position_text(*self.written, folder=True)}"
             raise TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
                                   f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
                                   resume_hint=False) from None

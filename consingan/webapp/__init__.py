@@ -52,14 +52,21 @@ def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.
         print(f"warning: the app listens on {host}, so other machines can reach it; it has no login, and "
               "anyone who reaches it can train models and write files under --models_root (use "
               "--host 127.0.0.1 to keep it on this machine)", file=sys.stderr)
+    from .ui import CSS
+
     demo, state = create(models_root, device)
     demo.queue(default_concurrency_limit=4)
-    print(f"ConSinGAN app: models in {state.store.root}; open http://{host if ':' not in host else f'[{host}]'}:{port}",
-          flush=True)
     restore = sigterm_as_interrupt()  # SIGTERM ends the app as Ctrl-C does: Gradio closes its server
     try:
+        # Gradio's own lines stay out (its "set share=True in launch()" is nothing a user of the command can
+        # act on); the app says its one line once the server answers.
         demo.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                    show_error=True, quiet=quiet, footer_links=["api"], ssr_mode=False)
+                    show_error=True, quiet=True, footer_links=["api"], ssr_mode=False, css=CSS,
+                    prevent_thread_lock=True)
+        if not quiet:
+            print(f"ConSinGAN app: models in {state.store.root}; open "
+                  f"http://{host if ':' not in host else f'[{host}]'}:{port} (Ctrl-C stops it)", flush=True)
+        demo.block_thread()
     except KeyboardInterrupt:  # before the server was up: Gradio's own loop did not see it
         demo.close()
     finally:

@@ -499,14 +499,18 @@ def super_resolve(state: AppState, name: str, factor: Any, seed: Any) -> tuple[s
 
 
 def models_table(state: AppState) -> list[list[str]]:
-    """One row per model: name, mode, stages, size, when."""
+    """One row per model: name, mode, stages, the size it trained at (width x height of its training
+    image, which max_size only bounds), when."""
+    from .choices import training_size
+
     rows = []
     for name in state.store.models():
         folder = state.store.root / name
         info = state.store.info(name)
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(RunDir(folder).model_file.stat().st_mtime))
+        size = training_size(folder)
         rows.append([name, str(info.get("train_mode", "?")), str(info.get("train_stages", "?")),
-                     str(info.get("max_size", "?")), stamp])
+                     f"{size[0]}x{size[1]}" if size else "?", stamp])
     return rows
 
 

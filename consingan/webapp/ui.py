@@ -6,13 +6,20 @@ import gradio as gr
 import numpy as np
 
 from . import actions as act
+from . import choices
 from .errors import guarded
-from .jobs import QUEUED, RUNNING
+from .jobs import DONE, QUEUED, RUNNING
 
-NAIVE_MODES = ("harmonization", "editing")
-IMAGE_STAGE0_MODES = ("generation", "retarget", "harmonization", "editing", "paint", "superres")
+LIST_TABS = ("samples", "harmonize", "paint", "superres", "animation", "explore")  # the model lists, in list_outputs order
 PAD_SIDE = 180
 PAD_RANGE = 3.0  # the pad spans -3..3 on both axes
+SHOWN_SIDE = 384  # small models' images are shown enlarged to this longer side
+# Results the API returns at the model's size, shown filling their boxes (the browser would show a
+# small model's result at its own few pixels). Not for images one clicks into: Gradio's click
+# coordinates assume an image is never shown larger than it is (those are enlarged on the server).
+CSS = """
+#harmonize-raw img, #harmonize-blended img, #superres-result img { width: 100%; height: 100%; object-fit: contain; }
+"""
 
 
 def pad_image(x: float = 0.0, y: float = 0.0) -> np.ndarray:
@@ -29,7 +36,15 @@ def pad_image(x: float = 0.0, y: float = 0.0) -> np.ndarray:
     return img
 
 
-def shown_large(image: np.ndarray, side: int = 384) -> np.ndarray:
+def shown_size(h: int, w: int, side: int = SHOWN_SIDE) -> tuple[int, int]:
+    """(height, width) at which shown_large shows an image of h x w."""
+    if max(h, w) >= side:
+        return h, w
+    f = side / max(h, w)
+    return round(h * f), round(w * f)
+
+
+def shown_large(image: np.ndarray, side: int = SHOWN_SIDE) -> np.ndarray:
     """An image enlarged (bicubic) for the page until its longer side reaches ``side``; the browser would
     show a small model's image at its own few pixels. The preview's smaller stage is enlarged to the
     same size, so the picture does not jump while dragging."""
@@ -38,8 +53,8 @@ def shown_large(image: np.ndarray, side: int = 384) -> np.ndarray:
     h, w = image.shape[:2]
     if max(h, w) >= side:
         return image
-    f = side / max(h, w)
-    return np.asarray(Image.fromarray(image).resize((round(w * f), round(h * f)), Image.BICUBIC))
+    sh, sw = shown_size(h, w, side)
+    return np.asarray(Image.fromarray(image).resize((sw, sh), Image.BICUBIC))
 
 
 def large_gif(path: str, side: int = 320) -> str:
@@ -62,6 +77,7 @@ def large_gif(path: str, side: int = 320) -> str:
 
 def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
     from ..core.cost import describe_seconds
+    from ..core.numbering import position_text
 
     if snap is None:
         return "No training yet. Pick an image and press **Train**."
@@ -73,7 +89,7 @@ def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
             lines.append(f"waiting: number {state.queue.position(job)} in the queue (one training runs at a time)")
     if snap["state"] == RUNNING and snap["num_stages"]:
         left = "" if snap["seconds_left"] is None else f", about {describe_seconds(snap['seconds_left'])} left"
-        lines.append(f"stage {snap['stage'] + 1}/{snap['num_stages']}, iteration {snap['iteration']}/{snap['niter']}, "
+        lines.append(f"{position_text(snap['stage'], snap['iteration'], snap['num_stages'], snap['niter'])}, "
                      f"{describe_seconds(snap['elapsed'])} elapsed{left}")
         if snap["losses"]:
             lines.append("losses: " + ", ".join(f"{k} {v:.4g}" for k, v in snap["losses"].items()))
@@ -88,10 +104,13 @@ def job_markdown(state: act.AppState, snap: dict[str, Any] | None) -> str:
 def build(state: act.AppState) -> gr.Blocks:
     examples = act.examples(state)
 
-    def model_dropdown(label: str, modes: tuple[str, ...] | None, elem_id: str):
-        names = act.models_of(state, modes)
-        return gr.Dropdown(choices=names, value=names[0] if names else None, label=label,
-                           allow_custom_value=True, elem_id=elem_id)
+    def mode_of(name: str):
+        return state.store.info(name).get("train_mode")
+
+    def model_dropdown(label: str, tab: str, elem_id: str):
+        pick = choices.choose(tab, state.store.models(), mode_of)
+        return gr.Dropdown(choices=pick.names, value=pick.value, label=label, allow_custom_value=True,
+                           elem_id=elem_id)
 
     with gr.Blocks(title="ConSinGAN") as demo:
         gr.Markdown("## ConSinGAN: train on one image, then sample, harmonize, paint, enlarge and animate\n"
@@ -101,7 +120,7 @@ def build(state: act.AppState) -> gr.Blocks:
 
         with gr.Tabs():
             # --- Train --------------------------------------------------------------------------
-            with gr.Tab("Train", id="train", elem_id="tab-train"):
+            with gr.Tab("Train", id="train", elem_id="tab-train") as tab_train:
                 with gr.Row():
                     with gr.Column(scale=1):
                         t_image = gr.Image(format="png", type="filepath", label="Training image", sources=["upload", "clipboard"],
@@ -139,7 +158,8 @@ def build(state: act.AppState) -> gr.Blocks:
                                                         label="Interrupted run", allow_custom_value=True)
                             t_resume = gr.Button("Resume")
                     with gr.Column(scale=1):
-                        t_job = gr.Number(None, label="Job shown (0: the latest)", precision=0, interactive=False,
+                        # the job shown (its number heads the status); not a field to type into
+                        t_job = gr.Number(None, label="Job shown", precision=0, interactive=False, visible=False,
                                           elem_id="train-job")
                         t_status = gr.Markdown(job_markdown(state, None), elem_id="train-status")
                         with gr.Row():
@@ -149,16 +169,16 @@ def build(state: act.AppState) -> gr.Blocks:
                                                elem_id="train-reconstruction")
                         t_result = gr.Image(format="png", label="Fine-tuning result", interactive=False, visible=False)
                 gr.Markdown("### Models")
-                t_table = gr.Dataframe(act.models_table(state), headers=["model", "mode", "stages", "max_size", "saved"],
+                t_table = gr.Dataframe(act.models_table(state), headers=["model", "mode", "stages", "trained at (w x h)", "saved"],
                                        interactive=False, elem_id="train-models")
                 t_refresh = gr.Button("Refresh the lists", size="sm")
                 timer = gr.Timer(1.0)
 
             # --- Samples ------------------------------------------------------------------------
-            with gr.Tab("Samples", id="samples", elem_id="tab-samples"):
+            with gr.Tab("Samples", id="samples", elem_id="tab-samples") as tab_samples:
                 with gr.Row():
                     with gr.Column(scale=1):
-                        s_model = model_dropdown("Model", None, "samples-model")
+                        s_model = model_dropdown("Model", "samples", "samples-model")
                         with gr.Row():
                             s_num = gr.Number(8, elem_id="samples-num", label="Number", precision=0)
                             s_seed = gr.Number(0, elem_id="samples-seed", label="Seed", precision=0)
@@ -174,8 +194,8 @@ def build(state: act.AppState) -> gr.Blocks:
                         s_gallery = gr.Gallery(format="png", label="Samples", columns=4, height=480, object_fit="contain", elem_id="samples-gallery")
 
             # --- Harmonize / edit ---------------------------------------------------------------
-            with gr.Tab("Harmonize / edit", id="harmonize", elem_id="tab-harmonize"):
-                h_model = model_dropdown("Harmonization or editing model", NAIVE_MODES, "harmonize-model")
+            with gr.Tab("Harmonize / edit", id="harmonize", elem_id="tab-harmonize") as tab_harmonize:
+                h_model = model_dropdown("Harmonization or editing model", "harmonize", "harmonize-model")
                 h_source = gr.Radio(["paste an object", "draw the mask"], value="paste an object",
                                     label="Naive image", elem_id="harmonize-source")
                 with gr.Row():
@@ -187,7 +207,9 @@ def build(state: act.AppState) -> gr.Blocks:
                         with gr.Row():
                             h_x = gr.Slider(0, 1, 0.5, step=0.01, label="x (centre)", elem_id="harmonize-x")
                             h_y = gr.Slider(0, 1, 0.5, step=0.01, label="y (centre)", elem_id="harmonize-y")
-                            h_scale = gr.Slider(0.05, 3, 1.0, step=0.05, label="scale", elem_id="harmonize-scale")
+                            h_scale = gr.Slider(0.05, 3, 1.0, step=0.05, label="scale", elem_id="harmonize-scale",
+                                                info="of the object's own pixels, on the training image")
+                        h_size = gr.Markdown(elem_id="harmonize-size")
                         h_composite = gr.Image(format="png", label="Naive image (click to move the object)", interactive=False, height=260,
                                                elem_id="harmonize-composite")
                     with gr.Column(scale=1):
@@ -210,10 +232,10 @@ def build(state: act.AppState) -> gr.Blocks:
                 h_tune_msg = gr.Markdown()
 
             # --- Paint --------------------------------------------------------------------------
-            with gr.Tab("Paint", id="paint", elem_id="tab-paint"):
+            with gr.Tab("Paint", id="paint", elem_id="tab-paint") as tab_paint:
                 with gr.Row():
                     with gr.Column(scale=2):
-                        p_model = model_dropdown("Model (paint mode is made for this)", IMAGE_STAGE0_MODES, "paint-model")
+                        p_model = model_dropdown("Model (paint mode is made for this)", "paint", "paint-model")
                         p_load = gr.Button("Load the model's colours onto the canvas", elem_id="paint-load")
                         p_swatch = gr.Image(format="png", label="Palette", interactive=False, height=60, elem_id="paint-palette")
                         p_canvas = gr.ImageEditor(format="png", type="numpy", label="Canvas", height=380, image_mode="RGB",
@@ -228,8 +250,8 @@ def build(state: act.AppState) -> gr.Blocks:
                         p_where = gr.Markdown()
 
             # --- Super-resolution ---------------------------------------------------------------
-            with gr.Tab("Super-resolution", id="superres", elem_id="tab-superres"):
-                r_model = model_dropdown("Super-resolution model (train one with mode superres)", ("superres",),
+            with gr.Tab("Super-resolution", id="superres", elem_id="tab-superres") as tab_superres:
+                r_model = model_dropdown("Super-resolution model (train one with mode superres)", "superres",
                                          "superres-model")
                 with gr.Row():
                     r_factor = gr.Number(4.0, elem_id="superres-factor", label="Factor")
@@ -241,10 +263,10 @@ def build(state: act.AppState) -> gr.Blocks:
                 r_where = gr.Markdown()
 
             # --- Animation ----------------------------------------------------------------------
-            with gr.Tab("Animation", id="animation", elem_id="tab-animation"):
+            with gr.Tab("Animation", id="animation", elem_id="tab-animation") as tab_animation:
                 with gr.Row():
                     with gr.Column(scale=1):
-                        a_model = model_dropdown("Model (animation mode is made for this)", None, "animation-model")
+                        a_model = model_dropdown("Model (animation mode is made for this)", "animation", "animation-model")
                         with gr.Row():
                             a_start = gr.Number(1, elem_id="animation-start", label="Start scale", precision=0)
                             a_seed = gr.Number(0, label="Seed", precision=0)
@@ -262,10 +284,10 @@ def build(state: act.AppState) -> gr.Blocks:
                         a_file = gr.File(label="File", interactive=False)
 
             # --- Explore ------------------------------------------------------------------------
-            with gr.Tab("Explore", id="explore", elem_id="tab-explore"):
+            with gr.Tab("Explore", id="explore", elem_id="tab-explore") as tab_explore:
                 with gr.Row():
                     with gr.Column(scale=1):
-                        e_model = model_dropdown("Model", None, "explore-model")
+                        e_model = model_dropdown("Model", "explore", "explore-model")
                         with gr.Row():
                             e_seed = gr.Number(0, elem_id="explore-seed", label="Seed", precision=0)
                             e_start = gr.Number(1, elem_id="explore-start", label="Start scale", precision=0,
@@ -274,6 +296,7 @@ def build(state: act.AppState) -> gr.Blocks:
                                          height=PAD_SIDE + 20, width=PAD_SIDE + 20, elem_id="explore-pad")
                         e_x = gr.Slider(-PAD_RANGE, PAD_RANGE, 0.0, step=0.05, label="x", elem_id="explore-x")
                         e_y = gr.Slider(-PAD_RANGE, PAD_RANGE, 0.0, step=0.05, label="y", elem_id="explore-y")
+                        e_go = gr.Button("Render", elem_id="explore-go")
                     with gr.Column(scale=2):
                         e_image = gr.Image(format="png", label="Sample (a smaller preview while you drag)", interactive=False,
                                            height=420, elem_id="explore-image")
@@ -321,7 +344,7 @@ def build(state: act.AppState) -> gr.Blocks:
             job = act.resume_training(state, name)
             return job.id, job_markdown(state, job.snapshot())
 
-        def poll(job_id, seen, shown_key):
+        def poll(job_id, seen, shown_key, *current):
             job = None
             if job_id not in (None, ""):
                 try:
@@ -341,20 +364,32 @@ def build(state: act.AppState) -> gr.Blocks:
                         gr.update(value=images[2], visible=images[2] is not None)]
             count = state.queue.finished_count
             if count != seen:
-                out += refreshed_lists()
+                out += refreshed_lists(current, trained_in_page())
             else:
                 out += [gr.skip()] * len(list_outputs)
             return out + [count, key]
 
-        def refreshed_lists():
-            def choices(modes):
-                names = act.models_of(state, modes)
-                return gr.update(choices=names)
+        def trained_in_page():
+            """The model of the training that ended last, when it finished (None otherwise)."""
+            ended = [j for j in state.queue.jobs() if j.ended is not None]
+            last = max(ended, key=lambda j: j.ended, default=None)
+            if last is None or last.state != DONE:
+                return None
+            try:
+                return state.store.name_of(last.out_dir)
+            except ValueError:
+                return None
+
+        def refreshed_lists(current=(None,) * 6, trained=None):
+            """The lists as the models are now: each tab keeps its pick while it exists, takes a model just
+            trained in the page where it suits its mode, else the newest of the modes it suits."""
+            names = state.store.models()
+            picks = [choices.choose(tab, names, mode_of, now, trained) for tab, now in zip(LIST_TABS, current)]
             return [act.models_table(state), gr.update(choices=state.store.interrupted()),
-                    choices(None), choices(NAIVE_MODES), choices(IMAGE_STAGE0_MODES), choices(("superres",)),
-                    choices(None), choices(None)]
+                    *(gr.update(choices=p.names, value=p.value) for p in picks)]
 
         list_outputs = [t_table, t_resume_pick, s_model, h_model, p_model, r_model, a_model, e_model]
+        model_lists = list_outputs[2:]
         train_settings = [t_mode, t_preset, t_max, t_stages, t_niter, t_nfc, t_min, t_seed, t_sr, t_colors]
 
         for trigger in (t_image.change, t_example.change, t_mode.change, t_preset.change,
@@ -373,15 +408,19 @@ def build(state: act.AppState) -> gr.Blocks:
         t_start.click(train, [t_image, t_example, *train_settings], [t_job, t_status], api_name="train")
         t_stop.click(stop, t_job, t_status, api_name="stop")
         t_resume.click(resume, t_resume_pick, [t_job, t_status], api_name="resume")
-        timer.tick(poll, [t_job, finished_seen, shown],
+        timer.tick(poll, [t_job, finished_seen, shown, *model_lists],
                    [t_status, t_samples, t_recon, t_result, *list_outputs, finished_seen, shown],
                    api_visibility="private", show_progress="hidden")
 
         @guarded
-        def refresh():
-            return refreshed_lists()
+        def refresh(*current):
+            return refreshed_lists(current)
 
-        t_refresh.click(refresh, None, list_outputs, api_name="refresh")
+        t_refresh.click(refresh, model_lists, list_outputs, api_name="refresh")
+        for tab in (tab_train, tab_samples, tab_harmonize, tab_paint, tab_superres, tab_animation, tab_explore):
+            tab.select(refresh, model_lists, list_outputs, api_visibility="private", show_progress="hidden")
+        # a page loaded later shows the models there are now, not those of when the server started
+        demo.load(lambda: refreshed_lists(), None, list_outputs, api_visibility="private", show_progress="hidden")
 
         @guarded
         def job_status(job_id: int) -> dict:
@@ -414,15 +453,35 @@ def build(state: act.AppState) -> gr.Blocks:
 
         @guarded
         def composite(name, obj, x, y, scale):
+            """The naive image as the page shows it: enlarged like the results (a click's pixel is mapped
+            back in place()), the pasted object's outline in red."""
             if not name:
                 return None
             if not obj:  # the background alone, until an object is uploaded
-                return act.model_image(act.naive_mode_model(state, name))
+                return shown_large(act.model_image(act.naive_mode_model(state, name)))
             naive, mask = act.compose_object(state, name, obj, x, y, scale)
             view = naive.copy()
             edge = mask.astype(bool) & ~_eroded(mask.astype(bool))
             view[edge] = (255, 40, 40)
-            return view
+            return shown_large(view)
+
+        def size_note(name):
+            """What the scale is relative to: the model's training image, often far smaller than a photo."""
+            if not name:
+                return ""
+            try:
+                model = act.naive_mode_model(state, name)
+            except act.UserError as exc:
+                return str(exc)
+            H, W = model.real.shape[-2:]
+            sh, sw = shown_size(H, W)
+            shown = f", shown {sw / W:.3g}x enlarged" if (sh, sw) != (H, W) else ""
+            return (f"The model trained on a **{W}x{H} px** image{shown}. The object is pasted at *scale* x its "
+                    f"own pixels into that image: at scale 1 an object of {W // 2}x{H // 2} px covers a quarter of "
+                    "it, so a photo's object usually needs a small scale.")
+
+        h_model.change(guarded(size_note), h_model, h_size, api_visibility="private", show_progress="hidden")
+        demo.load(guarded(size_note), h_model, h_size, api_visibility="private", show_progress="hidden")
 
         for trigger in (h_object.change, h_x.release, h_y.release, h_scale.release, h_model.change):
             trigger(composite, [h_model, h_object, h_x, h_y, h_scale], h_composite, api_visibility="private",
@@ -436,7 +495,7 @@ def build(state: act.AppState) -> gr.Blocks:
             if not name or not obj:
                 return gr.skip(), gr.skip(), gr.skip()
             model = state.store.load(name)
-            H, W = model.real.shape[-2:]
+            H, W = shown_size(*model.real.shape[-2:])  # the composite is shown at this size
             x, y = evt.index[0] / W, evt.index[1] / H
             return round(x, 2), round(y, 2), composite(name, obj, x, y, scale)
 
@@ -535,7 +594,10 @@ def build(state: act.AppState) -> gr.Blocks:
 
         e_pad.select(guarded(jump), [e_model, e_seed, e_start], [e_x, e_y, e_image, e_pad], api_visibility="private",
                      show_progress="hidden")
-        gr.Button("Render", elem_id="explore-go").click(explore_full, e_inputs, [e_image, e_pad], api_name="explore")
+        e_go.click(explore_full, e_inputs, [e_image, e_pad], api_name="explore")
+        # the pad on every page load (a cached first picture can be gone on later loads: a broken image)
+        demo.load(lambda x, y: pad_image(x or 0.0, y or 0.0), [e_x, e_y], e_pad, api_visibility="private",
+                  show_progress="hidden")
     return demo
 
 
