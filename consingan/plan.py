@@ -57,7 +57,7 @@ class Plan:
     def estimate(self) -> cost.Estimate:
         """The time per stage and in all, on this machine (measured once per process, a fraction of a
         second) and the peak memory."""
-        machine = cost.measure_machine(self.device, self.config.nfc, self.sizes[-1])
+        machine = cost.measure_machine(self.device, self.config.nfc)
         return cost.estimate(self.config, self.sizes, machine)
 
     def info(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def estimate_for(config: Config, height: int, width: int, device: torch.device |
     """The cost of training ``config`` on an image of ``height`` x ``width`` (before max_size) on
     ``device``, without the image (the web app's estimate before an upload, a resumed run)."""
     sizes = cost.training_sizes(config, height, width)
-    return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc, sizes[-1]))
+    return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc))
 
 
 def check_training(config: Config, height: int, width: int, device: torch.device) -> None:
