@@ -96,6 +96,10 @@ def prepare(image: Any, config: Config | None = None, *, device: str | torch.dev
     every stage folder."""
     given = {k: v for k, v in settings.items() if v is not None}
     if config is None:
+        mode = given.get("train_mode", "generation")
+        for key, only in (("sr_factor", "superres"), ("paint_colors", "paint")):
+            if key in given and mode != only:
+                raise UserError(f"--{key} only applies to --train_mode {only}; add --train_mode {only} or drop --{key}")
         preset = given.pop("preset", "paper")
         config = make_config(preset=preset, **given)
         info = {PRESET_KEY: preset, **(run_info or {})}
