@@ -35,7 +35,7 @@ from .storage.image_files import as_image
 from .storage.rundir import PRESET_KEY, run_info
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a tensor: compared by identity
 class Plan:
     """A training run, prepared and checked: what ``consingan.train`` runs and config.json records."""
 
