@@ -178,3 +178,16 @@ def test_a_setting_of_another_mode_is_refused_at_every_door(tiny_image):
         consingan.prepare(str(tiny_image), device="cpu", sr_factor=2.0, **SETTINGS)
     proc = run_cli("main_train.py", "--input_name", tiny_image, "--paint_colors", "3", "--device", "cpu", check=False)
     assert proc.returncode == 2 and "--paint_colors only applies to --train_mode paint" in proc.stderr
+
+
+def test_the_web_app_checks_settings_by_configs_rules():
+    from consingan.webapp import actions
+
+    assert actions.make_settings("generation", "paper", train_stages=50, seed=1)["train_stages"] == 50
+    with pytest.raises(UserError) as caught:
+        Config(train_stages=101)
+    with pytest.raises(UserError) as web:
+        actions.make_settings("generation", "paper", train_stages=101, seed=1)
+    assert str(web.value) == str(caught.value)
+    with pytest.raises(UserError, match="train_stages must be a whole number, not 'many'"):
+        actions.make_settings("generation", "paper", train_stages="many")
