@@ -224,9 +224,6 @@ def train(
             return
         if not input_name:
             raise UserError("no training image given; pass --input_name PATH")
-        for flag, value, mode in (("--sr_factor", sr_factor, "superres"), ("--paint_colors", paint_colors, "paint")):
-            if value is not None and train_mode != mode:
-                raise UserError(f"{flag} only applies to --train_mode {mode}; add --train_mode {mode} or drop {flag}")
         plan = api.prepare(
             input_name, device=api.resolve_device(device, gpu, not_cuda), naive=naive_img,
             train_mode=train_mode, preset=preset, train_stages=train_stages, train_depth=train_depth, lr_scale=lr_scale, niter=niter, niter_low=niter_low,

@@ -35,7 +35,7 @@ from .storage.image_files import as_image
 from .storage.rundir import PRESET_KEY, run_info
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds a tensor: compared by identity
 class Plan:
     """A training run, prepared and checked: what ``consingan.train`` runs and config.json records."""
 
@@ -57,7 +57,7 @@ class Plan:
     def estimate(self) -> cost.Estimate:
         """The time per stage and in all, on this machine (measured once per process, a fraction of a
         second) and the peak memory."""
-        machine = cost.measure_machine(self.device, self.config.nfc, self.sizes[-1])
+        machine = cost.measure_machine(self.device, self.config.nfc)
         return cost.estimate(self.config, self.sizes, machine)
 
     def info(self) -> dict[str, Any]:
@@ -96,6 +96,10 @@ def prepare(image: Any, config: Config | None = None, *, device: str | torch.dev
     every stage folder."""
     given = {k: v for k, v in settings.items() if v is not None}
     if config is None:
+        mode = given.get("train_mode", "generation")
+        for key, only in (("sr_factor", "superres"), ("paint_colors", "paint")):
+            if key in given and mode != only:
+                raise UserError(f"--{key} only applies to --train_mode {only}; add --train_mode {only} or drop --{key}")
         preset = given.pop("preset", "paper")
         config = make_config(preset=preset, **given)
         info = {PRESET_KEY: preset, **(run_info or {})}
@@ -139,7 +143,7 @@ def estimate_for(config: Config, height: int, width: int, device: torch.device |
     """The cost of training ``config`` on an image of ``height`` x ``width`` (before max_size) on
     ``device``, without the image (the web app's estimate before an upload, a resumed run)."""
     sizes = cost.training_sizes(config, height, width)
-    return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc, sizes[-1]))
+    return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc))
 
 
 def check_training(config: Config, height: int, width: int, device: torch.device) -> None:

@@ -171,3 +171,23 @@ def test_training_tunes_the_process_where_it_starts(monkeypatch):
     consingan.train(torch.rand(1, 3, 20, 30) * 2 - 1, device="cpu", **dict(SETTINGS, train_stages=2, niter=1),
                     min_size=12)
     assert calls == ["tuned"]  # the library's own users get it, not only the command line
+
+
+def test_a_setting_of_another_mode_is_refused_at_every_door(tiny_image):
+    with pytest.raises(UserError, match="--sr_factor only applies to --train_mode superres"):
+        consingan.prepare(str(tiny_image), device="cpu", sr_factor=2.0, **SETTINGS)
+    proc = run_cli("main_train.py", "--input_name", tiny_image, "--paint_colors", "3", "--device", "cpu", check=False)
+    assert proc.returncode == 2 and "--paint_colors only applies to --train_mode paint" in proc.stderr
+
+
+def test_the_web_app_checks_settings_by_configs_rules():
+    from consingan.webapp import actions
+
+    assert actions.make_settings("generation", "paper", train_stages=50, seed=1)["train_stages"] == 50
+    with pytest.raises(UserError) as caught:
+        Config(train_stages=101)
+    with pytest.raises(UserError) as web:
+        actions.make_settings("generation", "paper", train_stages=101, seed=1)
+    assert str(web.value) == str(caught.value)
+    with pytest.raises(UserError, match="train_stages must be a whole number, not 'many'"):
+        actions.make_settings("generation", "paper", train_stages="many")

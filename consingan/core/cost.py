@@ -84,7 +84,8 @@ def measure_machine(device: torch.device | str = "cpu", channels: int = 64,
     """The machine's rate and latency for convolutions of ``channels`` channels on maps of ``size``
     (height, width) on ``device``, with torch's current number of threads: measured once per
     (device kind, channels, size, threads) in a process (a fraction of a second; callers at the same
-    time wait for the one measurement)."""
+    time wait for the one measurement). The plan measures on the default size whatever the run's:
+    a rate measured at each run's size followed the machine's load more than the run's cost."""
     kind = torch.device(device).type
     kind = kind if kind in ("cpu", "cuda") else "cpu"
     h, w = (max(8, int(v)) for v in size)
@@ -117,8 +118,8 @@ def _measure(device: torch.device, channels: int, height: int, width: int) -> Ma
                 fastest = min(fastest, time.perf_counter() - t)
         return fastest
 
-    big = best(height, width, 8)  # a batch of two, as training runs its maps
-    small = best(5, 5, 12)  # a 3x3 output: little but the call itself
+    big = best(height, width, 12)  # a batch of two, as training runs its maps
+    small = best(5, 5, 16)  # a 3x3 output: little but the call itself
     flops = 3 * conv_flops(channels, channels, 3, height - 2, width - 2) * 2  # forward and two gradients
     rate = flops / max(big - small, 1e-9)
     return Machine(kind, rate, small / 3)
