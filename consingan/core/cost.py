@@ -47,7 +47,7 @@ BASE_BYTES = {"cpu": 3.3e8, "cuda": 5e8}
 WEIGHT_COPIES = 8
 # Feature maps autograd keeps per convolution (its input, and its activation's output or mask).
 MAPS_PER_CONV = 2.0
-# Allocator slack: freed blocks kept for reuse (core/runtime tuning keeps the peak), temporaries.
+# Allocator slack: freed blocks kept for reuse (consingan/process.py's tuning keeps the peak), temporaries.
 MEMORY_SLACK = 1.5
 # Convolution calls around one convolution (bias, activation, optimizer's share): the measured
 # latency of one convolution times this is the fixed cost of each (fitted to benchmarks/cost.py's runs).
@@ -75,10 +75,6 @@ class Machine:
     def base_bytes(self) -> float:
         return BASE_BYTES.get(self.kind, BASE_BYTES["cpu"])
 
-
-# A machine of each kind when none was measured (a 2-core CPU with AVX512, an H100): the estimate's
-# scale, not its structure, depends on it.
-TYPICAL = {"cpu": Machine("cpu", 2.9e11, 5e-5), "cuda": Machine("cuda", 4e13, 2e-5)}
 
 _lock = threading.Lock()
 MEASURE_FLOPS = 3e9  # at most per measured call (a 64-channel convolution on the default map)
