@@ -77,11 +77,11 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     else:
         plan = prepare(image, config, device=device, input_name=input_name, naive=naive, run_info=run_info,
                        **settings)
-    return run_plan(plan, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every,
+    return _run_plan(plan, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every,
                     callbacks=callbacks, stop=stop)
 
 
-def run_plan(plan: Plan, *, out_dir: str | Path | None = None, progress: str | Callbacks = "none",
+def _run_plan(plan: Plan, *, out_dir: str | Path | None = None, progress: str | Callbacks = "none",
              checkpoint_every: int = CHECKPOINT_EVERY, callbacks: Sequence[Callbacks] = (),
              stop: threading.Event | None = None) -> ConSinGAN:
     """Train what ``plan`` describes (see train)."""

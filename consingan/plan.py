@@ -146,14 +146,6 @@ def estimate_for(config: Config, height: int, width: int, device: torch.device |
     return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc))
 
 
-def check_training(config: Config, height: int, width: int, device: torch.device) -> None:
-    """Refuse settings whose training cannot fit in ``device``'s memory (the estimate of core/cost.py)."""
-    sizes = cost.training_sizes(config, height, width)
-    top = sizes[-1]
-    check_memory(cost.training_bytes(config, sizes, device.type),
-                 f"training with --nfc {config.nfc} on {top[0]}x{top[1]} pixels", "lower --nfc or --max_size", device)
-
-
 def check_samples(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0) -> None:
     """Refuse, before any work, samples too large to generate (core/cost.sample_bytes)."""
     h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
@@ -187,4 +179,4 @@ def tune_process(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-__all__ = ["Plan", "prepare", "estimate_for", "check_training", "check_samples", "check_object", "tune_process"]
+__all__ = ["Plan", "prepare", "estimate_for", "check_samples", "check_object", "tune_process"]

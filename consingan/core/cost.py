@@ -41,9 +41,13 @@ BF16_FACTOR = 0.58
 # kernels and scratch (about 330 MB for the smallest runs of benchmarks/cost.py on a CPU); a GPU's CUDA
 # context and cuDNN workspace take about 500 MB of the GPU.
 BASE_BYTES = {"cpu": 3.3e8, "cuda": 5e8}
+# Copies of every weight at the peak: the weight, its gradient, Adam's two moments, the optimizer's
+# temporaries, the checkpoint's and the model snapshot's copies (a very wide network, --nfc in the
+# thousands, is all weights: the check must not let it through to be killed for memory).
+WEIGHT_COPIES = 8
 # Feature maps autograd keeps per convolution (its input, and its activation's output or mask).
 MAPS_PER_CONV = 2.0
-# Allocator slack: freed blocks kept for reuse (core/runtime tuning keeps the peak), temporaries.
+# Allocator slack: freed blocks kept for reuse (consingan/process.py's tuning keeps the peak), temporaries.
 MEMORY_SLACK = 1.5
 # Convolution calls around one convolution (bias, activation, optimizer's share): the measured
 # latency of one convolution times this is the fixed cost of each (fitted to benchmarks/cost.py's runs).
@@ -72,11 +76,9 @@ class Machine:
         return BASE_BYTES.get(self.kind, BASE_BYTES["cpu"])
 
 
-# A machine of each kind when none was measured (a 2-core CPU with AVX512, an H100): the estimate's
-# scale, not its structure, depends on it.
-TYPICAL = {"cpu": Machine("cpu", 2.9e11, 5e-5), "cuda": Machine("cuda", 4e13, 2e-5)}
-
 _lock = threading.Lock()
+MEASURE_FLOPS = 3e9  # at most per measured call (a 64-channel convolution on the default map)
+MEASURE_BUDGET_S = 0.3  # of repeated calls per map, after the warm-up
 
 
 def measure_machine(device: torch.device | str = "cpu", channels: int = 64,
@@ -106,7 +108,7 @@ def _measure(device: torch.device, channels: int, height: int, width: int) -> Ma
     def best(h: int, w: int, repeats: int) -> float:
         x = torch.randn(2, channels, h, w).to(device, memory_format=torch.channels_last)
         x.requires_grad_(True)
-        fastest = float("inf")
+        fastest, start = float("inf"), time.perf_counter()
         for i in range(repeats + 2):
             if kind == "cuda":
                 torch.cuda.synchronize()
@@ -114,15 +116,26 @@ def _measure(device: torch.device, channels: int, height: int, width: int) -> Ma
             conv(x).sum().backward()
             if kind == "cuda":
                 torch.cuda.synchronize()
-            if i >= 2:  # the first calls warm up
+            if i >= 2 or (i == 1 and time.perf_counter() - start > MEASURE_BUDGET_S):  # the first calls warm up
                 fastest = min(fastest, time.perf_counter() - t)
+            if fastest < float("inf") and time.perf_counter() - start > MEASURE_BUDGET_S:
+                break  # a very wide network: a few calls tell its rate
         return fastest
 
-    big = best(height, width, 12)  # a batch of two, as training runs its maps
+    # a batch of two, as training runs its maps; fewer pixels for a very wide network (its rate is
+    # reached on small maps already, and the measurement stays short)
+    pixels = min(height * width, max(64, int(MEASURE_FLOPS / (3 * 2 * 2 * 9 * channels * channels))))
+    width = max(8, min(width, int(math.sqrt(pixels * width / height))))
+    height = max(8, min(height, pixels // width))
+    big = best(height, width, 12)
     small = best(5, 5, 16)  # a 3x3 output: little but the call itself
     flops = 3 * conv_flops(channels, channels, 3, height - 2, width - 2) * 2  # forward and two gradients
-    rate = flops / max(big - small, 1e-9)
-    return Machine(kind, rate, small / 3)
+    small_flops = 3 * conv_flops(channels, channels, 3, 3, 3) * 2
+    # time = calls x latency + flops / rate, from the two points (a network so wide that even the small
+    # call is mostly arithmetic: the rate of the large call alone)
+    rate = (flops - small_flops) / (big - small) if big > 1.5 * small else flops / big
+    latency = max(small - small_flops / rate, 0.0) / 3  # forward, input gradient, weight gradient
+    return Machine(kind, rate, latency)
 
 
 def conv_flops(c_in: int, c_out: int, k: int, h_out: int, w_out: int) -> float:
@@ -220,7 +233,7 @@ def training_bytes(config: Config, sizes: Sequence[tuple[int, int]], kind: str =
     and the feature maps kept for the backward pass at the stage that keeps the most."""
     c = config
     b = 2 * c.num_layer * c.pad
-    weights = FLOAT_BYTES * 4 * parameters(c)
+    weights = FLOAT_BYTES * WEIGHT_COPIES * parameters(c)
     peak = 0.0
     for k in range(len(sizes)):
         shapes = sizes[: k + 1]
