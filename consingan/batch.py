@@ -426,6 +426,11 @@ def _describe_device(device: str) -> str:
     return device
 
 
+def job_threads(cpus_per_job: float) -> int:
+    """A job's torch threads: its CPUs (Ray's reservation), at least 1; recorded in its config.json."""
+    return max(1, int(cpus_per_job))
+
+
 def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     """Run one job on this process (a Ray worker): decide from the disk what is left (train, resume,
     samples, metrics), do it, record it. Never raises for the job's own failures: they come back as a
@@ -449,7 +454,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     device = spec["device"]
     if device == "auto":  # Ray gave this task a GPU or not: use what it was given, nothing more
         device = "cuda" if spec["gpus_per_job"] > 0 and torch.cuda.is_available() else "cpu"
-    threads = max(1, int(spec["cpus_per_job"]))
+    threads = job_threads(spec["cpus_per_job"])
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     state = {"batch": spec["batch"], "image": image, "status": "running", "attempts": attempts,
@@ -486,7 +491,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     config = RunDir(out).checkpoint_config()
                     _plan(reporter, config, image)
                 api.resume(out, device=device, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
-                           **extra)
+                           threads=threads, **extra)
             else:
                 _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
                 config = _job_config(job)
@@ -495,7 +500,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     _plan(reporter, config, image)
                 api.train(image, config, out_dir=out, device=device, progress="none", input_name=image,
                           run_info={"preset": job.settings.get("preset", "paper"), "batch": str(root)},
-                          callbacks=[reporter] if reporter else [], stop=stop, **extra)
+                          callbacks=[reporter] if reporter else [], stop=stop, threads=threads, **extra)
         if not (_samples_done(out, spec["samples"]) and _metrics_done(out, spec["evaluate"])):
             model = api.load(out, device=device)
             if not _samples_done(out, spec["samples"]):
@@ -768,7 +773,7 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
         eval_samples: int = 50, cpus_per_job: float = 1, gpus_per_job: float = 0, address: str | None = None,
         retries: int = 3, retry_failed: bool = False, force: bool = False, device: str = "auto",
         checkpoint_every: int = 250, num_cpus: int | None = None, progress: str = "auto",
-        on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+        on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None, threads: int = 0,
         **settings: Any) -> list[JobResult]:
     """Train a model on each of ``images`` (see collect_jobs) into ``out_root/<stem>/`` on Ray, and write
     ``out_root/summary.csv`` and ``summary.json``. ``settings``: train settings (Config fields,
@@ -776,7 +781,7 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
 
     ``samples``: samples to write per model; ``evaluate``: write metrics.json (``eval_samples`` samples).
     ``cpus_per_job``/``gpus_per_job``: what Ray reserves for a job (torch gets that many threads; 0.25 GPU
-    packs four jobs on a GPU). ``address``: a Ray cluster to join (``"auto"``, ``HOST:PORT``; also
+    packs four jobs on a GPU; ``threads``, the train flag, may only repeat that count). ``address``: a Ray cluster to join (``"auto"``, ``HOST:PORT``; also
     RAY_ADDRESS); without it a local Ray of ``num_cpus`` CPUs (default: this machine's) is started
     and shut down again; a Ray already started in this process is used as it is. ``retries``: Ray's
     retries of a job whose worker died. ``progress``: "auto" (a live table on a terminal, lines
@@ -793,6 +798,9 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     if not cpus_per_job > 0 or gpus_per_job < 0:
         raise UserError(f"--cpus_per_job must be above 0 and --gpus_per_job 0 or more, not {cpus_per_job} and "
                         f"{gpus_per_job}")
+    if threads and threads != job_threads(cpus_per_job):
+        raise UserError(f"--threads {threads}: a batch job's torch threads are its --cpus_per_job (what Ray reserves "
+                        f"for it); pass --cpus_per_job {threads} instead")
     if gpus_per_job > 1 and gpus_per_job != int(gpus_per_job):
         raise UserError(f"--gpus_per_job {gpus_per_job}: above 1, give a whole number of GPUs")
     if gpus_per_job == 0 and str(device).startswith("cuda"):

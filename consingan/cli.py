@@ -190,6 +190,8 @@ def train(
     fine_tune: Annotated[bool, opt("--fine_tune", help="train only the top stage of --model_dir on --naive_img "
                                    "(writes a new model)")] = False,
     model_dir: Annotated[Optional[str], opt("--model_dir", help="the model to fine-tune")] = None,
+    threads: Annotated[int, opt("--threads", help="CPU threads of torch; 0: the cores free at the start "
+                                "(recorded in config.json; a run's numbers depend on it) [0]", min=0)] = 0,
 ) -> None:
     """Train a model on one image, or fine-tune a harmonization/editing model on a naive image.
 
@@ -216,12 +218,13 @@ def train(
             echo_device(dev)
             process_speedups(dev)
             with stopped_message(out):
-                api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
+                api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every, threads=threads)
             typer.echo(f"Model saved to: {out}")
             return
         if fine_tune or model_dir:
             out = fine_tune_command(ctx, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
-                                    str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every)
+                                    str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every,
+                                    threads)
             typer.echo(f"Model saved to: {out}")
             return
         if not input_name:
@@ -253,7 +256,8 @@ def train(
         process_speedups(dev)
         with stopped_message(out):
             api.train(image, config, out_dir=out, device=str(dev), progress=progress, input_name=input_name,
-                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset})
+                      checkpoint_every=checkpoint_every, naive=naive_img, run_info={"preset": preset},
+                      threads=threads)
     except HANDLED as e:
         fail_on(e, "train at a smaller size (--max_size) or with fewer channels (--nfc)")
     typer.echo(f"Model saved to: {out}")
@@ -275,14 +279,14 @@ def given_flags(ctx: typer.Context) -> list:
 
 
 # Flags --resume takes: the run's own settings come from its directory.
-RESUME_FLAGS = {"resume", "device", "gpu", "not_cuda", "progress", "checkpoint_every"}
+RESUME_FLAGS = {"resume", "device", "gpu", "not_cuda", "progress", "checkpoint_every", "threads"}
 # Flags a fine-tuning run takes; the model's other settings cannot change.
 FINE_TUNE_FLAGS = {"input_name", "train_mode", "niter", "manualSeed", "device", "gpu", "not_cuda", "out_dir",
-                   "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir"}
+                   "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir", "threads"}
 
 
 def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
-                      device, progress, checkpoint_every) -> Path:
+                      device, progress, checkpoint_every, threads=0) -> Path:
     """train --fine_tune: check the flags, then api.fine_tune. Returns the new model directory."""
     if not fine_tune:
         raise UserError("--model_dir is for fine-tuning; add --fine_tune --naive_img NAIVE (or leave --model_dir out)")
@@ -301,7 +305,7 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     with stopped_message(out):
         api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
                       progress=progress, train_mode=train_mode if mode_given else None,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, threads=threads)
     return out
 
 

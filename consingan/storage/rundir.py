@@ -39,6 +39,7 @@ DEVICE_KEY = "device"
 NAIVE_KEY = "naive_img"  # the naive image the run was started with (harmonization/editing previews)
 FINE_TUNED_KEY = "fine_tuned_from"  # a fine-tuning run: the model it started from
 PRESET_KEY = "preset"
+THREADS_KEY = "threads"  # the torch CPU threads the run trained with (core/runtime.py: the thread rule)
 
 
 def resume_command(run: Path) -> str:
