@@ -56,7 +56,11 @@ def train_once(args, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "CONSINGAN_THREADS"}
     cmd = [sys.executable, __file__, "--child", "--threads", str(threads), "--niter", str(args.niter),
            "--nfc", str(args.nfc), "--size", str(args.size)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it: the time is a lower bound
+        return {"seconds": time.perf_counter() - t, "threads": threads, "timed_out": True}
     if proc.returncode != 0:
         raise SystemExit(f"a training failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -69,18 +73,21 @@ def phase(args, label: str) -> dict:
     if not args.no_before:  # what every training ran with before the rule: torch's own count
         variants.append(("before", torch.get_num_threads(), f"torch's {torch.get_num_threads()} threads"))
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    picked = []
+    picked, timed_out = [], []
     for r in range(args.rounds):
         for name, threads, text in variants:
             res = train_once(args, threads)
             times[name].append(round(res["seconds"], 3))
             if name == "rule":
                 picked.append(res["threads"])
-            print(f"{label} round {r + 1}: {text}: {res['seconds']:.2f} s "
+            if res.get("timed_out"):
+                timed_out.append(name)
+            print(f"{label} round {r + 1}: {text}: {'more than ' if res.get('timed_out') else ''}{res['seconds']:.2f} s "
                   f"({res['threads']} thread{'s' if res['threads'] != 1 else ''})", flush=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     out = {"rule_s": round(med["rule"], 3), "one_thread_s": round(med["one"], 3),
-           "ratio": round(med["rule"] / med["one"], 3), "rule_threads": picked, "times": times}
+           "ratio": round(med["rule"] / med["one"], 3), "rule_threads": picked, "times": times,
+           "timed_out": timed_out}  # variants with a training stopped at --timeout: their time is a lower bound
     if "before" in med:
         out["before_s"] = round(med["before"], 3)
         out["before_ratio"] = round(med["before"] / med["one"], 3)
@@ -90,7 +97,10 @@ def phase(args, label: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--busy", type=int, default=2, help="busy processes during the loaded phase [2]")
-    ap.add_argument("--busy_seconds", type=float, default=600, help="the busy loops end on their own after this")
+    ap.add_argument("--busy_seconds", type=float, default=3600, help="the busy loops end on their own after this "
+                    "(a safety net: the script ends them when the loaded phase is over)")
+    ap.add_argument("--timeout", type=float, default=240, help="a training still running after this many seconds "
+                    "is stopped and its time counts as this lower bound [240]")
     ap.add_argument("--rounds", type=int, default=2, help="trainings per variant and phase [2]")
     ap.add_argument("--niter", type=int, default=50, help="iterations per stage [50]")
     ap.add_argument("--nfc", type=int, default=8)
@@ -131,7 +141,8 @@ def main() -> None:
     for name in ("loaded", "quiet"):
         if name in info:
             r = info[name]
-            before = f"; torch's own count {r['before_s']:.2f} s, {r['before_ratio']:.2f}x" if "before_s" in r else ""
+            more = "more than " if "before" in r["timed_out"] else ""
+            before = f"; torch's own count {more}{r['before_s']:.2f} s, {more}{r['before_ratio']:.2f}x" if "before_s" in r else ""
             print(f"{name}: rule {r['rule_s']:.2f} s (threads {r['rule_threads']}), 1 thread {r['one_thread_s']:.2f} s, "
                   f"ratio {r['ratio']:.2f}{before}")
     if args.json:
