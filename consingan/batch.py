@@ -781,12 +781,13 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
 
     ``samples``: samples to write per model; ``evaluate``: write metrics.json (``eval_samples`` samples).
     ``cpus_per_job``/``gpus_per_job``: what Ray reserves for a job (torch gets that many threads; 0.25 GPU
-    packs four jobs on a GPU); ``threads`` (the train flag) may only repeat that thread count.
-    ``address``: a Ray cluster to join (``"auto"``, ``HOST:PORT``; also RAY_ADDRESS); without it a local
-    Ray of ``num_cpus`` CPUs (default: this machine's) is started and shut down again; a Ray already started in this process is used as it is. ``retries``: Ray's
+    packs four jobs on a GPU). ``address``: a Ray cluster to join (``"auto"``, ``HOST:PORT``; also
+    RAY_ADDRESS); without it a local Ray of ``num_cpus`` CPUs (default: this machine's) is started
+    and shut down again; a Ray already started in this process is used as it is. ``retries``: Ray's
     retries of a job whose worker died. ``progress``: "auto" (a live table on a terminal, lines
     otherwise), "plain", "none". ``on_update(states)``: called on the driver with the jobs' live states
     (name -> dict with phase, stage, iteration, pid, ...) each time the driver looks at them.
+    ``threads`` (the train flag --threads) may only repeat the thread count of ``cpus_per_job``.
 
     Returns one JobResult per image, in the order of the images. Ctrl-C (or SIGTERM) asks every running
     job to stop at a checkpoint, waits for them, writes the summary and raises KeyboardInterrupt; a
