@@ -30,6 +30,7 @@ Prints the medians and as the last line ``ratio <reference / project>`` (the goa
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import os
 import runpy
@@ -78,6 +79,7 @@ def install_stubs() -> None:
 
     def module(name, **attrs):
         m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch._dynamo looks up every loaded module's spec
         m.__dict__.update(attrs)
         sys.modules[name] = m
         return m
