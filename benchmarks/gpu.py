@@ -8,11 +8,11 @@ preset's time beside it, and several trainings packed on one GPU.
 iterations, fp32, --manualSeed 1) in a process of its own, timed from the spawn to its exit. Inside
 it, the command runs in-process with timers wrapped around the library (nothing in the library
 changes): interpreter start, ``import torch``, ``import consingan``, CUDA initialisation, then per
-stage its setup (growing G, the new D, the noise amplitude), its iterations (the steady ones, and
-the excess of the iterations that took more than 5x the stage's median: the eager warm-up and the
-CUDA-graph recordings, once at the start and once at the learning-rate decay), its end (samples
-grid, previews), and over the run the writing of images, checkpoints, config.json and model.pt; what
-is left is the process's exit. The fast preset (bf16 where the GPU has it) runs the same way.
+stage its setup (growing G, the new D, the noise amplitude), the eager warm-up iterations and the
+CUDA-graph recordings (at the start and at the learning-rate decay; each waited for with a
+synchronize, which costs a few ms), the other iterations, the rest of the stage (samples grid,
+previews), and over the run the writing of images, checkpoints, config.json and model.pt; then the
+command's own work around training, and the process's exit. The fast preset (bf16 where the GPU has it) runs the same way.
 (b) **Packing**: 1, 4 and 8 ``consingan train`` processes at once on the one GPU (no Ray: each is
 the library's own training in a process of its own), 200 iterations per stage, the paper's other
 settings; models per hour = trainings / wall of the slowest. ``pack8_throughput_ratio`` = models per
@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "Images" / "Generation" / "rocket.png"
 RESULT = ROOT / "benchmarks" / "results" / "gpu.json"
 TINY = ["--max_size", "40", "--min_size", "12", "--nfc", "8", "--train_stages", "3"]
-SPIKE = 5.0  # an iteration above SPIKE x its stage's median is warm-up or a graph recording
 
 
 # --- inside the timed process -------------------------------------------------------------------------
@@ -64,24 +63,39 @@ def timed_train(args) -> None:
         torch.cuda.synchronize()
     marks["device"] = time.time()
 
+    from consingan.core import graphs
+
     writes: dict[str, float] = {"images": 0.0, "checkpoints": 0.0, "config_json": 0.0, "model": 0.0}
     stages: list[dict] = []
+    cuda = args.device.startswith("cuda")
 
-    def timing(cls, name, key):
+    def timing(cls, name, key, sync=False):
+        """Wrap cls.name: its seconds add to writes[key] and to the running stage's key."""
         inner = getattr(cls, name)
 
         def wrapper(*a, **k):
+            if sync:
+                torch.cuda.synchronize()
             t = time.perf_counter()
             try:
                 return inner(*a, **k)
             finally:
-                writes[key] += time.perf_counter() - t
+                if sync:
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t
+                if key in writes:
+                    writes[key] += dt
+                if stages:
+                    stages[-1][key] = stages[-1].get(key, 0.0) + dt
         setattr(cls, name, wrapper)
 
     timing(rundir.RunDirWriter, "on_image", "images")
     timing(rundir.RunDirWriter, "write_checkpoint", "checkpoints")
     timing(rundir.RunDir, "write_info", "config_json")
     timing(rundir.RunDir, "finish", "model")
+    if cuda:  # the eager warm-up iterations and the CUDA-graph recordings, each waited for
+        timing(graphs.GraphedSteps, "_eager", "eager_warmup", sync=True)
+        timing(graphs.GraphedSteps, "_record", "graph_record", sync=True)
 
     begin, run_stage, make_step = engine_mod.Engine.begin_stage, engine_mod.Engine._run_stage, engine_mod.make_step
 
@@ -106,6 +120,8 @@ def timed_train(args) -> None:
         try:
             run_stage(self)
         finally:
+            if cuda:
+                torch.cuda.synchronize()
             if stages:
                 stages[-1]["wall"] = time.perf_counter() - t
 
@@ -127,13 +143,18 @@ def timed_train(args) -> None:
     per_stage = []
     for s in stages:
         steps = [b - a for a, b in zip(s["ends"], s["ends"][1:])]
-        med = statistics.median(steps) if steps else 0.0
-        spikes = [d - med for d in steps if d > SPIKE * med]
-        loop = s["ends"][-1] - s["ends"][0] if s["ends"] else 0.0
-        per_stage.append({"stage": s["stage"], "iterations": len(steps), "setup_s": round(s["setup"], 3),
-                          "median_iteration_ms": round(med * 1e3, 3), "warmup_and_capture_s": round(sum(spikes), 3),
-                          "iterations_s": round(loop - sum(spikes), 3),
-                          "stage_wall_s": round(s.get("wall", 0.0), 3)})
+        loop = s["ends"][-1] - s["ends"][0] if s["ends"] else 0.0  # from make_step to the last step's return
+        special = s.get("eager_warmup", 0.0) + s.get("graph_record", 0.0)
+        # the loop's writes: images and checkpoints between the first and the last step (stage-end
+        # images come after the loop); a GPU's queue drains at log points and at the stage's end
+        per_stage.append({
+            "stage": s["stage"], "iterations": len(steps), "setup_s": round(s["setup"], 3),
+            "median_step_ms": round(statistics.median(steps) * 1e3, 3) if steps else None,  # GPU: launch time
+            "eager_warmup_s": round(s.get("eager_warmup", 0.0), 3), "graph_record_s": round(s.get("graph_record", 0.0), 3),
+            "loop_s": round(loop, 3), "iterations_s": round(loop - special, 3),
+            "images_s": round(s.get("images", 0.0), 3), "checkpoints_s": round(s.get("checkpoints", 0.0), 3),
+            "stage_wall_s": round(s.get("wall", 0.0), 3),
+            "stage_rest_s": round(s.get("wall", 0.0) - loop, 3)})  # before the loop and the stage's end
     info = json.loads((Path(args.out_dir) / "config.json").read_text())
     print(json.dumps({"marks": marks, "stages": per_stage, "writes": {k: round(v, 3) for k, v in writes.items()},
                       "threads": info.get("threads"), "precision": info.get("precision")}))
@@ -163,12 +184,12 @@ def timed_run(args, preset: str, extra: list[str]) -> dict:
         "import_consingan_s": round(m["consingan"] - m["torch"], 3),
         "device_init_s": round(m["device"] - m["consingan"], 3),
         "stage_setup_s": sum_of("setup_s"),
-        "warmup_and_capture_s": sum_of("warmup_and_capture_s"),
-        "iterations_s": sum_of("iterations_s"),
-        "stage_end_and_in_loop_writes_s": round(sum(s["stage_wall_s"] for s in stages)
-                                                - sum_of("warmup_and_capture_s") - sum_of("iterations_s"), 3),
-        "writes_s": res["writes"],  # part of the stage walls (images, checkpoints) or of the rest (config, model)
-        "command_rest_s": round(m["train_call"] - inside, 3),  # checks, reading the image, model.pt, ...
+        "eager_warmup_s": sum_of("eager_warmup_s"),
+        "graph_record_s": sum_of("graph_record_s"),
+        "iterations_s": sum_of("iterations_s"),  # includes the log points and the loop's image/checkpoint writes
+        "stage_rest_s": sum_of("stage_rest_s"),  # stage-end samples grid and previews, real.png
+        "writes_s": res["writes"],  # inside the figures above (images, checkpoints) or below (config, model)
+        "command_rest_s": round(m["train_call"] - inside, 3),  # checks, reading the image, the rule, model.pt
         "exit_s": round(end - m["trained"], 3),
         "stages": stages, "threads": res["threads"], "precision": res["precision"],
     }
