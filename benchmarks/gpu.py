@@ -31,7 +31,6 @@ T_MAIN = time.time()  # first: the interpreter's start-up ends here (before any 
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
