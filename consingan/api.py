@@ -22,12 +22,13 @@ from .core.engine import CHECKPOINT_EVERY, Engine, EngineOptions, TrainingStoppe
 from .device import resolve_device  # noqa: F401 (the command line uses it from here)
 from .errors import UserError
 from .model import ConSinGAN
+from .process import choose_threads, torch_threads
 from .plan import Plan, prepare, tune_process
 from .progress import check_progress, count_progress, make_progress
 from .storage.image_files import as_image, read_image, save_image
 from .storage.model_file import MODEL_FILE, load_model
 from .storage.outputs import OutputExists, claim_dir, claim_free_dir, write_bytes
-from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, METRICS_FILE, RunDir, samples_dir_name
+from .storage.rundir import FINE_TUNED_KEY, INPUT_KEY, METRICS_FILE, THREADS_KEY, RunDir, samples_dir_name
 from .tasks import harmonize as _harmonize
 from .tasks.animate import Walk, animate, reference_walks, write_animations  # noqa: F401 (part of the API)
 from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_harmonized  # noqa: F401 (part of the API)
@@ -51,7 +52,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
           device: str = "auto", progress: str | Callbacks = "none", input_name: str | None = None,
           checkpoint_every: int = CHECKPOINT_EVERY, naive: Any = None, run_info: dict | None = None,
           callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None,
-          **settings: Any) -> ConSinGAN:
+          threads: int | None = None, **settings: Any) -> ConSinGAN:
     """Train a model on one image. ``settings`` are Config fields (e.g. ``niter=500``) when no
     ``config`` is given; ``train_mode`` picks the mode and its defaults, ``preset`` ("paper" or
     "fast") a set of settings over them. ``run_info``: extra keys for config.json. ``naive`` (harmonization,
@@ -64,19 +65,21 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     one folder per stage); the directory must not exist or be empty. ``callbacks``: objects with the
     methods of ``consingan.callbacks.Callbacks``, told of every stage, log point and image. ``stop``:
     set it (from any thread) to stop at the next iteration with a checkpoint (TrainingStopped).
+    ``threads``: torch's CPU threads for the run; None or 0: the thread rule (core/runtime.py:
+    the cores free at the start, on the CPU). Recorded in config.json; set for the run and put back after.
     Randomness comes from the run's own generators seeded by ``manualSeed``: the same settings give
     the same model, also for several runs in one process.
     """
     check_progress(progress)
     if isinstance(image, Plan):
         if (config is not None or settings or naive is not None or run_info or input_name is not None
-                or device != "auto"):
+                or device != "auto" or threads is not None):
             raise TypeError("train(plan) runs the plan as prepared: give settings, device, naive, run_info and "
                             "input_name to prepare() instead")
         plan = image
     else:
         plan = prepare(image, config, device=device, input_name=input_name, naive=naive, run_info=run_info,
-                       **settings)
+                       threads=threads, **settings)
     return _run_plan(plan, out_dir=out_dir, progress=progress, checkpoint_every=checkpoint_every,
                     callbacks=callbacks, stop=stop)
 
@@ -92,7 +95,7 @@ def _run_plan(plan: Plan, *, out_dir: str | Path | None = None, progress: str | 
     options = EngineOptions(device=str(plan.device), checkpoint_every=checkpoint_every)
     run = RunDir(out_dir) if out_dir is not None else None
     tune_process(plan.device)
-    with _claimed(run, fresh=True):
+    with _claimed(run, fresh=True), torch_threads(plan.threads):
         if run is not None:
             run.write_info(config, plan.input_name, plan.device, plan.naive, **plan.run_info)
         make = lambda cbs: Engine.start(plan.image, config, options, cbs, stage0_input_for(config))  # noqa: E731
@@ -145,9 +148,10 @@ def _claimed(run: RunDir | None, fresh: bool, what: str = "--out_dir"):
 
 def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
            checkpoint_every: int = CHECKPOINT_EVERY, callbacks: Sequence[Callbacks] = (),
-           stop: threading.Event | None = None) -> ConSinGAN:
+           stop: threading.Event | None = None, threads: int | None = None) -> ConSinGAN:
     """Go on with an interrupted training run from ``out_dir/checkpoint.pt``: the same numbers as a
-    run that was never interrupted."""
+    run that was never interrupted. ``threads``: None or 0 resumes with the thread count config.json
+    recorded (another count changes the numbers from there on), else that many."""
     check_progress(progress)
     run = RunDir(out_dir)
     if not run.path.is_dir():
@@ -155,7 +159,8 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
     dev = resolve_device(device)
     options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
     tune_process(dev)
-    with _claimed(run, fresh=False):  # not while the run itself (or another resume) still goes on
+    with _claimed(run, fresh=False), torch_threads(choose_threads(threads or recorded_threads(run), dev)):
+        # (not while the run itself, or another resume, still goes on)
         model, state = run.read_checkpoint()
         run.clean()  # temporary files a killed write left
         naive = run.naive_image()
@@ -170,14 +175,15 @@ def resume(out_dir: str | Path, device: str = "auto", progress: str = "none",
 def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, manualSeed: int | None = None,
               out_dir: str | Path | None = None, device: str = "auto", progress: str = "none",
               train_mode: str | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
-              callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None) -> ConSinGAN:
+              callbacks: Sequence[Callbacks] = (), stop: threading.Event | None = None,
+              threads: int | None = None) -> ConSinGAN:
     """Fine-tune a harmonization or editing model on a naive image (docs/method.md section 4): only
     the top stage trains, with its normal optimizer groups, ``niter`` iterations (default 2000, the
     reference's command-line default, whatever the model was trained with), with the naive image as
     stage-0 input.
 
     Writes a new model directory, ``out_dir`` or ``<model_dir>_fine_tuned``; ``model_dir`` is not
-    touched. ``train_mode``, when given, must be the model's.
+    touched. ``threads``: as in ``train``. ``train_mode``, when given, must be the model's.
     """
     check_progress(progress)
     model = load_model(model_dir)
@@ -195,12 +201,19 @@ def fine_tune(model_dir: str | Path, naive: Any, *, niter: int | None = None, ma
     dev = resolve_device(device)
     options = EngineOptions(device=str(dev), checkpoint_every=checkpoint_every)
     tune_process(dev)
-    with _claimed(run, fresh=True):
+    n_threads = choose_threads(threads, dev)
+    with _claimed(run, fresh=True), torch_threads(n_threads):
         run.write_info(model.config, RunDir(Path(model_dir)).info().get(INPUT_KEY), dev, naive,
-                       **{FINE_TUNED_KEY: Path(model_dir).as_posix()})
+                       **{FINE_TUNED_KEY: Path(model_dir).as_posix(), THREADS_KEY: n_threads})
         stage0_input = _harmonize.fine_tune_input(naive_img, model.config)
         make = lambda cbs: Engine.fine_tune(model, stage0_input, options, cbs)  # noqa: E731
         return _run(make, run, progress, callbacks, stop, _harmonize.stage_preview(naive_img))
+
+
+def recorded_threads(run: RunDir) -> int | None:
+    """The thread count a run's config.json recorded (None for a run from before it was recorded)."""
+    n = run.info().get(THREADS_KEY)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def stage0_input_for(config: Config):

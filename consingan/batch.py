@@ -407,6 +407,11 @@ def _make_reporter(monitor, name: str, stop: threading.Event, stop_file: Path, b
     return Reporter()
 
 
+def job_threads(cpus_per_job: float) -> int:
+    """A job's torch threads: its CPUs (Ray's reservation), at least 1; recorded in its config.json."""
+    return max(1, int(cpus_per_job))
+
+
 def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     """Run one job on this process (a Ray worker): decide from the disk what is left (train, resume,
     samples, metrics), do it, record it. Never raises for the job's own failures: they come back as a
@@ -431,7 +436,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     device = spec["device"]
     if device == "auto":  # Ray gave this task a GPU or not: use what it was given, nothing more
         device = "cuda" if spec["gpus_per_job"] > 0 and torch.cuda.is_available() else "cpu"
-    threads = max(1, int(spec["cpus_per_job"]))
+    threads = job_threads(spec["cpus_per_job"])
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     state = {"batch": spec["batch"], "image": image, "status": "running", "attempts": attempts,
@@ -467,10 +472,10 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     reporter.phase("resume")
                     _resume_estimate(reporter, RunDir(out).checkpoint_config(), image, device)
                 api.resume(out, device=device, progress="none", callbacks=[reporter] if reporter else [], stop=stop,
-                           **extra)
+                           threads=threads, **extra)
             else:
                 _clear(root, job)  # a try that died before its first checkpoint, or a failure being retried
-                plan = job_plan(job, device, root)
+                plan = job_plan(job, device, root, threads)
                 if reporter is not None:
                     reporter.phase("train")
                     reporter.plan(plan.estimate)
@@ -501,13 +506,13 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
         return finish(FAILED, f"{type(exc).__name__}: {exc}", traceback.format_exc())
 
 
-def job_plan(job: Job, device: str = "auto", root: Path | None = None):
+def job_plan(job: Job, device: str = "auto", root: Path | None = None, threads: int | None = None):
     """The job's prepared run (consingan.plan.prepare, as the train command prepares it: the preset,
     the mode's defaults, the superres pyramid, the checks and the estimate). ``root``: the batch's
-    out_root, recorded in config.json."""
+    out_root, recorded in config.json. ``threads``: the job's torch threads (job_threads)."""
     from .plan import prepare
 
-    return prepare(job.image, device=device, input_name=job.image,
+    return prepare(job.image, device=device, input_name=job.image, threads=threads,
                    run_info={"batch": str(root)} if root is not None else None, **job.settings)
 
 
@@ -757,7 +762,7 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
         eval_samples: int = 50, cpus_per_job: float = 1, gpus_per_job: float = 0, address: str | None = None,
         retries: int = 3, retry_failed: bool = False, force: bool = False, device: str = "auto",
         checkpoint_every: int = 250, num_cpus: int | None = None, progress: str = "auto",
-        on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+        on_update: Callable[[dict[str, dict[str, Any]]], None] | None = None, threads: int = 0,
         **settings: Any) -> list[JobResult]:
     """Train a model on each of ``images`` (see collect_jobs) into ``out_root/<stem>/`` on Ray, and write
     ``out_root/summary.csv`` and ``summary.json``. ``settings``: train settings (Config fields,
@@ -771,6 +776,7 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     retries of a job whose worker died. ``progress``: "auto" (a live table on a terminal, lines
     otherwise), "plain", "none". ``on_update(states)``: called on the driver with the jobs' live states
     (name -> dict with phase, stage, iteration, pid, ...) each time the driver looks at them.
+    ``threads`` (the train flag --threads) may only repeat the thread count of ``cpus_per_job``.
 
     Returns one JobResult per image, in the order of the images. Ctrl-C (or SIGTERM) asks every running
     job to stop at a checkpoint, waits for them, writes the summary and raises KeyboardInterrupt; a
@@ -782,6 +788,9 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     if not cpus_per_job > 0 or gpus_per_job < 0:
         raise UserError(f"--cpus_per_job must be above 0 and --gpus_per_job 0 or more, not {cpus_per_job} and "
                         f"{gpus_per_job}")
+    if threads and threads != job_threads(cpus_per_job):
+        raise UserError(f"--threads {threads}: a batch job's torch threads are its --cpus_per_job (what Ray reserves "
+                        f"for it); pass --cpus_per_job {threads} instead")
     if gpus_per_job > 1 and gpus_per_job != int(gpus_per_job):
         raise UserError(f"--gpus_per_job {gpus_per_job}: above 1, give a whole number of GPUs")
     if gpus_per_job == 0 and str(device).startswith("cuda"):

@@ -187,6 +187,8 @@ def train(
     model_dir: Annotated[Optional[str], opt("--model_dir", help="the model to fine-tune")] = None,
     dry_run: Annotated[bool, opt("--dry_run", help="print the resolved settings (as config.json would hold them), "
                                  "the stage sizes and the estimated time and peak memory; write nothing")] = False,
+    threads: Annotated[int, opt("--threads", help="CPU threads of torch; 0: the cores free at the start "
+                                "(recorded in config.json; a run's numbers depend on it) [0]", min=0)] = 0,
 ) -> None:
     """Train a model on one image, or fine-tune a harmonization/editing model on a naive image.
 
@@ -214,12 +216,13 @@ def train(
                 output_folder(out, f"make {out} writable, or copy the run to a writable place and resume there")
             echo_device(dev, resumed_config(out))
             with stopped_message(out):
-                api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every)
+                api.resume(out, device=str(dev), progress=progress, checkpoint_every=checkpoint_every, threads=threads)
             typer.echo(f"Model saved to: {out}")
             return
         if fine_tune or model_dir:
             out = fine_tune_command(ctx, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
-                                    str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every)
+                                    str(api.resolve_device(device, gpu, not_cuda)), progress, checkpoint_every,
+                                    threads)
             typer.echo(f"Model saved to: {out}")
             return
         if not input_name:
@@ -232,7 +235,8 @@ def train(
             min_size=min_size, max_size=max_size, nfc=nfc, num_layer=num_layer, ker_size=ker_size,
             noise_amp=noise_amp, lr_g=lr_g, lr_d=lr_d, beta1=beta1, gamma=gamma, Gsteps=Gsteps, Dsteps=Dsteps,
             lambda_grad=lambda_grad, gp_every=gp_every, precision=precision, alpha=alpha, activation=activation, lrelu_alpha=lrelu_alpha,
-            batch_norm=batch_norm, manualSeed=manualSeed, sr_factor=sr_factor, paint_colors=paint_colors)
+            batch_norm=batch_norm, manualSeed=manualSeed, sr_factor=sr_factor, paint_colors=paint_colors,
+            threads=threads)
         if dry_run:  # what would run, and nothing written
             typer.echo(plan.describe())
             return
@@ -263,14 +267,14 @@ def given_flags(ctx: typer.Context) -> list:
 
 
 # Flags --resume takes: the run's own settings come from its directory.
-RESUME_FLAGS = {"resume", "device", "gpu", "not_cuda", "progress", "checkpoint_every"}
+RESUME_FLAGS = {"resume", "device", "gpu", "not_cuda", "progress", "checkpoint_every", "threads"}
 # Flags a fine-tuning run takes; the model's other settings cannot change.
 FINE_TUNE_FLAGS = {"input_name", "train_mode", "niter", "manualSeed", "device", "gpu", "not_cuda", "out_dir",
-                   "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir"}
+                   "progress", "checkpoint_every", "naive_img", "fine_tune", "model_dir", "threads"}
 
 
 def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train_mode, niter, manualSeed, out_dir,
-                      device, progress, checkpoint_every) -> Path:
+                      device, progress, checkpoint_every, threads=0) -> Path:
     """train --fine_tune: check the flags, then api.fine_tune. Returns the new model directory."""
     if not fine_tune:
         raise UserError("--model_dir is for fine-tuning; add --fine_tune --naive_img NAIVE (or leave --model_dir out)")
@@ -289,7 +293,7 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     with stopped_message(out):
         api.fine_tune(model_dir, naive_img, niter=niter, manualSeed=manualSeed, out_dir=out, device=device,
                       progress=progress, train_mode=train_mode if mode_given else None,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, threads=threads)
     return out
 
 

@@ -32,7 +32,8 @@ from .core.runtime import resolve_precision
 from .device import check_memory, describe, resolve_device
 from .errors import ConSinGANWarning, UserError
 from .storage.image_files import as_image
-from .storage.rundir import PRESET_KEY, run_info
+from .process import choose_threads, torch_threads
+from .storage.rundir import PRESET_KEY, THREADS_KEY, run_info
 
 
 @dataclass(frozen=True, eq=False)  # holds a tensor: compared by identity
@@ -48,6 +49,7 @@ class Plan:
     warnings: tuple[str, ...] = ()  # what the user should know (also issued as ConSinGANWarning)
     run_info: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # extra config.json keys
     naive: Any = field(default=None, repr=False)  # harmonization/editing: the image whose result is previewed
+    threads: int = 1  # torch's CPU threads for the run (consingan/process.py: the thread rule; in config.json)
 
     @property
     def precision(self) -> str:
@@ -57,7 +59,8 @@ class Plan:
     def estimate(self) -> cost.Estimate:
         """The time per stage and in all, on this machine (measured once per process, a fraction of a
         second) and the peak memory."""
-        machine = cost.measure_machine(self.device, self.config.nfc)
+        with torch_threads(self.threads):  # the rate the run will see
+            machine = cost.measure_machine(self.device, self.config.nfc)
         return cost.estimate(self.config, self.sizes, machine)
 
     def info(self) -> dict[str, Any]:
@@ -84,7 +87,7 @@ class Plan:
 
 def prepare(image: Any, config: Config | None = None, *, device: str | torch.device = "auto",
             input_name: str | None = None, naive: Any = None, run_info: Mapping[str, Any] | None = None,
-            **settings: Any) -> Plan:
+            threads: int | None = None, **settings: Any) -> Plan:
     """The run that training ``image`` (a path, an array or a tensor) with ``settings`` will be, checked
     before anything is written; a UserError names the first thing wrong.
 
@@ -93,7 +96,8 @@ def prepare(image: Any, config: Config | None = None, *, device: str | torch.dev
     step is the upsampling step of ``sr_factor`` unless ``min_size`` is given (docs/method.md 5).
     ``config``: a Config to run as it is (``settings`` then change single fields). ``run_info``: extra
     keys for config.json. ``naive`` (harmonization, editing): an image whose result is written into
-    every stage folder."""
+    every stage folder. ``threads``: torch's CPU threads for the run (None or 0: the thread rule of
+    consingan/process.py, decided here, once); config.json records the count."""
     given = {k: v for k, v in settings.items() if v is not None}
     if config is None:
         mode = given.get("train_mode", "generation")
@@ -135,8 +139,10 @@ def prepare(image: Any, config: Config | None = None, *, device: str | torch.dev
         warnings.warn(note, ConSinGANWarning, stacklevel=2)
     if input_name is None:
         input_name = str(image) if isinstance(image, (str, os.PathLike)) else "array"
+    n_threads = choose_threads(threads, dev)
+    info[THREADS_KEY] = n_threads
     return Plan(config, real, Path(input_name).as_posix(), sizes, dev, peak, tuple(notes),
-                MappingProxyType(info), naive)
+                MappingProxyType(info), naive, n_threads)
 
 
 def estimate_for(config: Config, height: int, width: int, device: torch.device | str = "cpu") -> cost.Estimate:

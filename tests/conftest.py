@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(2)
+# Trainings in tests use 2 threads whatever the machine's load (the thread rule would pick by load,
+# and runs that are compared with each other must use the same count); tests of the rule unset it.
+os.environ.setdefault("CONSINGAN_THREADS", "2")
 
 # A tiny configuration that trains in seconds on a 2-core CPU.
 TINY = dict(train_stages=3, niter=20, nfc=8, min_size=12, max_size=40, manualSeed=7)

@@ -26,6 +26,7 @@ from consingan.tasks.animate import Walk
 DATA = Path(__file__).parent / "data" / "digests.pt"
 MODES = ("generation", "retarget", "harmonization", "editing", "animation", "superres", "paint")
 SETTINGS = dict(train_stages=3, niter=4, nfc=4, min_size=12, max_size=40, manualSeed=11)
+THREADS = 2  # the torch threads the stored numbers were trained with (whatever the thread rule would pick)
 
 
 def cpu_model() -> str:
@@ -61,7 +62,7 @@ def painting(h=30, w=45):
 def run(mode: str, tmp: Path) -> dict[str, torch.Tensor]:
     fine_tunes = mode in ("harmonization", "editing")
     model = consingan.train(image(), train_mode=mode, device="cpu", out_dir=tmp / mode if fine_tunes else None,
-                            **SETTINGS)
+                            threads=THREADS, **SETTINGS)
     out = {"generator": torch.cat([p.detach().flatten() for p in model.G.state_dict().values()]),
            "fixed": torch.cat([z.flatten() for z in model.fixed]),
            "amps": torch.tensor(model.amps, dtype=torch.float64),
@@ -72,7 +73,8 @@ def run(mode: str, tmp: Path) -> dict[str, torch.Tensor]:
     if fine_tunes:
         naive = image(phase=0.7)
         out["harmonized"] = torch.cat(consingan.api.harmonize(model, naive, mask=naive[0, 0] > 0, seed=5))  # raw and blended
-        tuned = consingan.api.fine_tune(tmp / mode, naive, niter=3, device="cpu", out_dir=tmp / f"{mode}_tuned")
+        tuned = consingan.api.fine_tune(tmp / mode, naive, niter=3, device="cpu", out_dir=tmp / f"{mode}_tuned",
+                                      threads=THREADS)
         out["tuned"] = torch.cat(consingan.api.harmonize(tuned, naive, mask=naive[0, 0] > 0, seed=5))
     if mode == "animation":
         out["frames"] = model.animate(Walk(start_scale=1, alpha=0.1, beta=0.9, num_frames=3), seed=6)

@@ -57,6 +57,7 @@ def samples_dir_name(scale_h: float = 1.0, scale_w: float = 1.0, start_scale: in
     name = "random_samples" if (scale_h, scale_w) == (1.0, 1.0) else (
         f"random_samples_scale_h_{scale_h:g}_scale_w_{scale_w:g}")
     return name + (f"_start_scale_{start_scale}" if start_scale else "")
+THREADS_KEY = "threads"  # the torch CPU threads the run trained with (consingan/process.py: the thread rule)
 
 
 def resume_command(run: Path) -> str:
