@@ -715,10 +715,15 @@ def batch(
         results = batch_runner.run(images, out_root, samples=samples, evaluate=evaluate, cpus_per_job=cpus_per_job,
                                    gpus_per_job=gpus_per_job, address=address, retries=retries,
                                    retry_failed=retry_failed, force=force, **settings)
-    except KeyboardInterrupt:
-        typer.echo(f"error: interrupted; run the same command again to go on (summary: {Path(out_root) / 'summary.csv'})",
-                   err=True)
-        raise typer.Exit(130)
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)  # batch.Stopped: 143 for SIGTERM
+        what = "SIGTERM" if code == 143 else "Ctrl-C"
+        if str(exc) and str(exc) != "interrupted":
+            typer.echo(f"error: {exc} ({what})", err=True)
+        else:
+            typer.echo(f"error: interrupted ({what}); run the same command again to go on (summary: "
+                       f"{Path(out_root) / 'summary.csv'})", err=True)
+        raise typer.Exit(code)
     except HANDLED as e:
         fail_on(e, "lower --cpus_per_job's jobs per machine, --max_size or --nfc")
     typer.echo(batch_runner.total_line(results, out_root))

@@ -84,6 +84,10 @@ class OutputExists(UserError):
                          "(nothing was overwritten)")
 
 
+class InUse(UserError):
+    """Another run holds the directory (its lock): what is there is that run's, not this one's."""
+
+
 def _reraise_no_space(exc: BaseException, path: Path) -> None:
     if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
         raise NoSpace(path) from None
@@ -217,7 +221,7 @@ def _owner(lock: Path) -> str:
 
 def _lock(folder: Path, what: str) -> int | None:
     lock = folder / LOCK_FILE
-    in_use = lambda: UserError(f"{folder} is in use by another run ({_owner(lock)}); wait for it to end "  # noqa: E731
+    in_use = lambda: InUse(f"{folder} is in use by another run ({_owner(lock)}); wait for it to end "  # noqa: E731
                                f"or choose another {what} (nothing was overwritten)")
     while True:
         try:

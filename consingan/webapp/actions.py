@@ -23,6 +23,7 @@ import numpy as np
 from ..config import MAX_SEED, MODES, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
 from .jobs import Job, JobCallbacks, TrainingQueue
+from ..storage.paths import inside as confined
 from .store import ModelStore, inside
 
 MAX_UPLOAD_MB = 25  # per file (Gradio refuses larger uploads before they reach a handler)
@@ -264,7 +265,7 @@ def fine_tune(state: AppState, name: str, naive_path: Path, niter: Any, seed: An
         raise UserError(f"fine-tuning works with harmonization or editing models only, and {name} was trained "
                         f"with --train_mode {model.config.train_mode}")
     src = state.store.model_dir(name)
-    out = fine_tune_dir(src)
+    out = confined(state.store.root, fine_tune_dir(src), "output folder")
     niter = whole(niter, "fine-tuning iterations", 1, 100000)
     seed = seed_of(seed)
 
