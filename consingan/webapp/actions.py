@@ -27,7 +27,6 @@ from ..storage.paths import inside as confined
 from .store import ModelStore, inside
 
 MAX_UPLOAD_MB = 25  # per file (Gradio refuses larger uploads before they reach a handler)
-MAX_PIXELS = 40_000_000  # an image is read whole before it is resized to max_size
 MAX_SAMPLES = 64
 MAX_FRAMES = 300
 MAX_SCALE = 8.0
@@ -117,16 +116,10 @@ def readable(state: AppState, path: Any, what: str) -> Path:
 
 
 def check_pixel_count(path: Path, what: str) -> None:
-    from PIL import Image
+    """An image file (its header only, nothing decoded), held to storage.image_files.MAX_IMAGE_PIXELS."""
+    from ..storage.image_files import image_size
 
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - not an image Pillow knows: the reader says so in its own words
-        return
-    if w * h > MAX_PIXELS:
-        raise UserError(f"the {what} has {w}x{h} pixels, more than the app reads ({MAX_PIXELS // 10**6} "
-                        "megapixels); shrink it first")
+    image_size(path, f"the {what}")
 
 
 def examples(state: AppState) -> list[str]:
@@ -209,10 +202,9 @@ def estimate_text(state: AppState, image_path: Path | None, config) -> str:
 
     device = state.torch_device
     if image_path is not None:
-        from PIL import Image
+        from ..storage.image_files import image_size
 
-        with Image.open(image_path) as im:
-            w, h = im.size
+        w, h = image_size(image_path, "training image")
         where = f"{h}x{w} image"
     else:
         h, w = 167, 250
@@ -391,8 +383,14 @@ def _as_array(value: Any) -> np.ndarray:
     else:
         from PIL import Image
 
+        from ..storage.image_files import image_size
+
+        image_size(str(value), "image")  # the size from the header, before Pillow decodes it
         with Image.open(str(value)) as im:
             arr = np.asarray(im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB"))
+    from ..storage.image_files import check_array_size
+
+    check_array_size(arr, "the image")
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return arr
