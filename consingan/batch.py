@@ -462,7 +462,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
 
     from . import api
     from .core.engine import TrainingStopped
-    from .storage.outputs import InUse
+    from .storage.outputs import InUse, NoSpace
 
     root, name, image = Path(spec["root"]), spec["name"], spec["image"]
     out = job_dir(root, name)
@@ -539,8 +539,10 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     reporter.phase("evaluate")
                 api.write_metrics(model, out / EVALUATION, num_samples=spec["eval_samples"], seed=0)
         return finish(DONE)
-    except TrainingStopped as exc:
-        return finish(INTERRUPTED if exc.interrupted else FAILED, str(exc))
+    except TrainingStopped as exc:  # a full disk too: a plain rerun resumes it once there is space
+        return finish(INTERRUPTED if exc.interrupted or getattr(exc, "no_space", False) else FAILED, str(exc))
+    except NoSpace as exc:  # writing samples or metrics: the same
+        return finish(INTERRUPTED, str(exc))
     except InUse as exc:  # another batch works on this folder: its record stays as that batch writes it
         if reporter is not None:
             reporter.phase(FAILED, error=str(exc))

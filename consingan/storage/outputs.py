@@ -10,7 +10,8 @@
   target and is then renamed into place, so a kill or a full disk never leaves a half-written or
   empty file under the real name. ``overwrite=False`` publishes with ``os.link``, which fails
   instead of replacing a file that another run created meanwhile.
-- A full disk (ENOSPC, EDQUOT) is a ``NoSpace`` error that names the device, not a traceback.
+- A full disk (ENOSPC, EDQUOT, or torch.save's own writer failing half-way: a RuntimeError from
+  inline_container.cc) is a ``NoSpace`` error that names the device, not a traceback.
 """
 from __future__ import annotations
 
@@ -36,8 +37,19 @@ NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _TEMP_NAME = re.compile(r".+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,5})?")
 
 
+# torch.save writes through its own C++ writer, which reports a short write (a full disk) as a RuntimeError
+# "[enforce fail at inline_container.cc:...] . unexpected pos ..." or "PytorchStreamWriter failed writing ...".
+_TORCH_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter failed")
+
+
+def torch_writer_failed(exc: BaseException) -> bool:
+    """torch's file writer gave up half-way (its files are only ever written by us, so: the disk is full)."""
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITER_FAILURES)
+
+
 def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, NoSpace) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
+    return isinstance(exc, NoSpace) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS) \
+        or torch_writer_failed(exc)
 
 
 def mount_point(path: str | os.PathLike) -> Path:
@@ -89,7 +101,7 @@ class InUse(UserError):
 
 
 def _reraise_no_space(exc: BaseException, path: Path) -> None:
-    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+    if (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS) or torch_writer_failed(exc):
         raise NoSpace(path) from None
 
 

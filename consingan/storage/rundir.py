@@ -138,18 +138,21 @@ class RunDir:
         """A full disk inside the block: TrainingStopped saying what was kept and how to go on."""
         try:
             yield
-        except (OSError, UserError) as exc:
+        except (OSError, UserError, RuntimeError) as exc:
             if not is_no_space(exc):
                 raise
             where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or self.path).where
             if not self.checkpoint_file.exists():
-                raise TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
-                                      "nothing to resume: free space and train again", None, resume_hint=False) from None
-            kept = "the last checkpoint" if self.written is None or finishing else \
-                f"the checkpoint of stage {self.written[0]}, iteration {self.written[1]}"
-            raise TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
-                                  f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
-                                  resume_hint=False) from None
+                stop = TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
+                                       "nothing to resume: free space and train again", None, resume_hint=False)
+            else:
+                kept = "the last checkpoint" if self.written is None or finishing else \
+                    f"the checkpoint of stage {self.written[0]}, iteration {self.written[1]}"
+                stop = TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
+                                       f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
+                                       resume_hint=False)
+            stop.no_space = True  # a batch records it as interrupted: a plain rerun goes on once there is space
+            raise stop from None
 
     def writer(self) -> "RunDirWriter":
         return RunDirWriter(self)
