@@ -478,7 +478,7 @@ def generate(
         folder = api.write_samples(model, target, num_samples=num_samples, scale_h=scale_h,
                                    scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto")
     except HANDLED as e:
-        fail_on(e, "use smaller --scale_h/--scale_w")
+        fail_on(e, "use a smaller --sr_factor" if sr_factor is not None else "use smaller --scale_h/--scale_w")
     typer.echo(f"Samples saved to: {folder}")
 
 
@@ -512,7 +512,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
             raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
         factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
         target = output_folder(Path(out) if out else Path(model_dir) / "Evaluation", OUT_FIX)
-        check_sample_memory(model, factor, factor, 1)
+        check_sample_memory(model, factor, factor, 1, flags=(f"--sr_factor {factor:g}", "use a smaller --sr_factor"))
         for path in superres.write_results(model, target, factor, seed=seed):
             typer.echo(f"Saved: {path}")
         return
@@ -529,19 +529,23 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
 MIN_FPS, MAX_FPS = 0.1, 100.0
 
 
-def check_sample_memory(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0) -> None:
+def check_sample_memory(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0,
+                        flags: tuple[str, str] | None = None) -> None:
     """Refuse, before any work, samples too large to generate: a batch of them at the top stage holds
     about six feature maps of nfc channels (a rough upper estimate); ``kept`` samples are held at once
-    (evaluate), with room for their patches."""
+    (evaluate), with room for their patches. ``flags``: (the flags that set the size, the fix), as the
+    user gave them (default: --scale_h/--scale_w)."""
     from .device import check_memory
 
+    given, fix = flags or (f"--scale_h {scale_h:g} --scale_w {scale_w:g}", "use smaller --scale_h/--scale_w")
     c = model.config
     h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
+    if not (math.isfinite(h * w) and h * w < 1e15):  # past any memory, and past what a float prints sensibly
+        raise UserError(f"{given} asks for an image of about {h:.3g}x{w:.3g} pixels, more than any machine holds; {fix}")
     border = 2 * c.num_layer * c.pad
     batch = max(1, min(num_samples, 1 if c.batch_norm else 8))
     check_memory(4.0 * 6 * batch * c.nfc * (h + border) * (w + border) + 4.0 * 4 * 3 * kept * h * w,
-                 f"samples of {h:.0f}x{w:.0f} pixels (--scale_h {scale_h:g} --scale_w {scale_w:g})",
-                 "use smaller --scale_h/--scale_w", model.device)
+                 f"samples of {h:.0f}x{w:.0f} pixels ({given})", fix, model.device)
 
 
 def write_animations(model, target: Path, seed: Optional[int], start_scale: Optional[int], animation: dict,
