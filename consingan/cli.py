@@ -541,7 +541,7 @@ def check_sample_memory(model, scale_h: float, scale_w: float, num_samples: int,
     c = model.config
     h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
     if not (math.isfinite(h * w) and h * w < 1e15):  # past any memory, and past what a float prints sensibly
-        raise UserError(f"{given} asks for an image of about {h:.3g}x{w:.3g} pixels, more than any machine holds; {fix}")
+        raise UserError(f"{given} asks for an image of more than 10^15 pixels, more than any machine holds; {fix}")
     border = 2 * c.num_layer * c.pad
     batch = max(1, min(num_samples, 1 if c.batch_norm else 8))
     check_memory(4.0 * 6 * batch * c.nfc * (h + border) * (w + border) + 4.0 * 4 * 3 * kept * h * w,

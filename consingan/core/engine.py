@@ -416,7 +416,7 @@ class Engine:
 def _older_groups(saved: Any, optimizer: torch.optim.Optimizer) -> bool:
     """A saved optimizer state of an older consingan: well formed, with another number of parameter groups."""
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    return isinstance(groups, list) and len(groups) != len(optimizer.param_groups) and all(
+    return isinstance(groups, list) and 0 < len(groups) != len(optimizer.param_groups) and all(
         isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
 
 
