@@ -160,8 +160,9 @@ def _resolve(path: Path, where: str) -> Path:
     """``path`` with its links followed; a loop of links (or a path the system refuses) is a UserError."""
     try:
         return Path(path).resolve()
-    except (RuntimeError, OSError) as exc:
-        reason = "a loop of symbolic links" if isinstance(exc, RuntimeError) else (getattr(exc, "strerror", None) or exc)
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: a NUL character in the name
+        reason = ("a loop of symbolic links" if isinstance(exc, RuntimeError) else "a NUL character in it"
+                  if isinstance(exc, ValueError) else (getattr(exc, "strerror", None) or exc))
         raise UserError(f"{where}: {path} cannot be resolved ({reason}); give the image's real path") from None
 
 

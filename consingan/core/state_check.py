@@ -142,7 +142,7 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, name: str, whe
     params: dict[Any, torch.Tensor] = {}
     for g, (group, want, live) in enumerate(zip(groups, want_groups, optimizer.param_groups)):
         _same_keys(group, want, f"{name} group {g}", bad)
-        if list(group["params"]) != list(want["params"]):
+        if not isinstance(group["params"], list) or group["params"] != list(want["params"]):
             raise bad(f"{name} group {g} lists parameters {group['params']!r}, not {want['params']!r}")
         for k, v in want.items():
             if k != "params":
@@ -161,7 +161,7 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, name: str, whe
             if not isinstance(t, torch.Tensor):
                 raise bad(f"{name} {key} of parameter {index} is {type(t).__name__}, not a tensor")
             if key == "step":
-                if t.numel() != 1 or not t.is_floating_point() or not bool(torch.isfinite(t).all()) or float(t) < 0:
+                if t.numel() != 1 or t.dtype != torch.float32 or not bool(torch.isfinite(t).all()) or float(t) < 0:
                     raise bad(f"{name} step of parameter {index} is not one finite number >= 0")
             elif t.shape != p.shape or t.dtype != p.dtype:
                 raise bad(f"{name} {key} of parameter {index} is a {t.dtype} tensor of shape {tuple(t.shape)}, "
