@@ -24,7 +24,7 @@ from ..config import MAX_SEED, MODES, PRESETS as CONFIG_PRESETS
 from ..errors import UserError
 from .jobs import Job, JobCallbacks, TrainingQueue
 from ..storage.paths import inside as confined
-from .store import ModelStore, inside
+from .store import ModelStore, inside, shown
 
 MAX_UPLOAD_MB = 25  # per file (Gradio refuses larger uploads before they reach a handler)
 MAX_SAMPLES = 64
@@ -239,7 +239,7 @@ def resume_training(state: AppState, name: str) -> Job:
 
     folder = state.store.folder(name, "run")
     if name not in state.store.interrupted():
-        raise UserError(f"{name} is not an interrupted run (no checkpoint.pt without a model.pt); pick one "
+        raise UserError(f"{shown(name)} is not an interrupted run (no checkpoint.pt without a model.pt); pick one "
                         "from the list")
 
     def run(job: Job):

@@ -25,6 +25,13 @@ def inside(root: Path, path: Path) -> bool:
     return is_inside(root, path)
 
 
+def shown(name: object) -> str:
+    """A name as a message shows it: as it is, or quoted with escapes when it holds line breaks or control
+    characters (a message stays one line)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
 class ModelStore:
     """The models under one root folder, named by their relative paths, and a cache of loaded ones."""
 
@@ -71,7 +78,7 @@ class ModelStore:
     def model_dir(self, name: str | None) -> Path:
         path = self.folder(name)
         if not (path / MODEL_FILE).is_file():
-            raise UserError(f"{name} holds no {MODEL_FILE}; pick a model from the list (refresh it after training)")
+            raise UserError(f"{shown(name)} holds no {MODEL_FILE}; pick a model from the list (refresh it after training)")
         confined(self.root, path / MODEL_FILE, "model file")  # a model.pt linked from outside the root
         return path
 
