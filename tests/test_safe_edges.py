@@ -180,6 +180,31 @@ def test_batch_refuses_a_model_folder_linked_out_of_the_root(tmp_path):
         batch.job_dir(root, "a")
 
 
+def test_files_in_a_run_folder_that_link_out_are_never_written_through(interrupted_run, tmp_path):
+    from consingan.storage.outputs import LOCK_FILE
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me\n")
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_run, run)
+    (run / "log.jsonl").unlink()
+    (run / "log.jsonl").symlink_to(outside / "victim")
+    with pytest.raises(OSError):
+        api.resume(run, device="cpu")
+    (run / "log.jsonl").unlink()
+    (run / LOCK_FILE).symlink_to(outside / "victim")
+    with pytest.raises(OSError):
+        api.resume(run, device="cpu")
+    (run / LOCK_FILE).unlink()
+    shutil.rmtree(run / "1")
+    (run / "1").symlink_to(outside)  # the stage folder the resumed stage writes its images into
+    with pytest.raises(UserError, match="leads outside"):
+        api.resume(run, device="cpu")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert (outside / "victim").read_text() == "keep me\n"
+
+
 # --- 2. image sizes before decoding ------------------------------------------------------------------
 
 def test_a_decompression_bomb_is_refused_from_its_header_in_little_memory(tmp_path):
@@ -264,6 +289,23 @@ def test_batch_progress_must_be_known(tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
     with pytest.raises(UserError, match="--progress 'bogus' is not one of auto, plain, none"):
         batch.run(tmp_path / "a.png", tmp_path / "out", progress="bogus")
+
+
+def test_sigterm_while_ray_starts_says_so_and_exits_143(tmp_path, monkeypatch):
+    import signal
+
+    pytest.importorskip("ray")
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+
+    def terminated(**kwargs):  # what the SIGTERM handler does while ray.init runs
+        batch._signal_seen.append(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "start_ray", terminated)
+    proc = run_cli("-m", "consingan", "batch", "--images", tmp_path / "a.png", "--out_root", tmp_path / "out",
+                   check=False)
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: stopped while Ray was starting; nothing was trained" in proc.stderr and "SIGTERM" in proc.stderr
 
 
 def test_resources_no_node_has_are_refused_before_any_job():

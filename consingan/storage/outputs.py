@@ -237,7 +237,8 @@ def _lock(folder: Path, what: str) -> int | None:
                                f"or choose another {what} (nothing was overwritten)")
     while True:
         try:
-            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+            # O_NOFOLLOW: a lock file that is a link (say, to a file outside the folder) is never written through
+            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0) | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(lock, flags, 0o644)
         except FileExistsError:  # no flock on this system: the marker's existence is the claim
             raise in_use() from None

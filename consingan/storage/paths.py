@@ -5,8 +5,9 @@ name, a manifest's name column) goes through ``safe_name`` before it becomes par
 path under a root that is read or written goes through ``inside``: it is resolved (symbolic links
 followed, ``..`` removed) and refused unless it is still the root or below it. A link inside the root
 that points out of it is therefore refused for reading and for writing alike; a file that does not exist
-yet is judged by its resolved parent, so a write never follows a link out of the root.
-``open_new`` creates a file without following a link in its last component (O_NOFOLLOW).
+yet is judged by its resolved parent, so a write never follows a link out of the root. (Files are
+written atomically beside their target and renamed into place, which replaces a link rather than
+writing through it; the few files opened in place use O_NOFOLLOW.)
 """
 from __future__ import annotations
 
@@ -55,14 +56,3 @@ def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path")
         raise UserError(f"the {what} {path} leads outside {root} (a '..' or a symbolic link that points out of it); "
                         "remove the link or choose another name (nothing was read or written there)")
     return path
-
-
-def child(root: str | os.PathLike, name: object, what: str = "folder", fallback: str = "image") -> Path:
-    """``root / safe_name(name)``, checked to stay inside ``root`` (an existing link there is followed)."""
-    return inside(root, Path(root) / safe_name(name, fallback), what)
-
-
-def open_new(path: str | os.PathLike, mode: int = 0o644) -> int:
-    """A file descriptor of a new file at ``path`` (create-exclusive, no link followed in its last part)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, mode)

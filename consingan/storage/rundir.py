@@ -28,6 +28,7 @@ from ..errors import UserError
 from .image_files import read_image, save_image
 from .model_file import MODEL_FILE, atomic_save, from_record, read_record, save_model, to_record
 from .outputs import NoSpace, claim_dir, clean_temp_files, is_no_space, write_bytes
+from .paths import inside
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -158,6 +159,12 @@ class RunDir:
         return RunDirWriter(self)
 
 
+def _open_log(path: Path):
+    """log.jsonl for appending, never through a link (a crafted run folder's log.jsonl pointing elsewhere)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class RunDirWriter(Callbacks):
     """The engine's outputs into a run directory: log.jsonl, the stage images, checkpoints."""
 
@@ -168,7 +175,7 @@ class RunDirWriter(Callbacks):
     def on_run_start(self, num_stages: int) -> None:
         self.run.path.mkdir(parents=True, exist_ok=True)
         with self.run.no_space():
-            self.log = open(self.run.path / LOG_FILE, "a", encoding="utf-8")
+            self.log = _open_log(self.run.path / LOG_FILE)
 
     def on_iteration(self, stage, iteration, logged) -> None:
         if logged and self.log is not None:
@@ -177,8 +184,8 @@ class RunDirWriter(Callbacks):
                 self.log.flush()
 
     def on_image(self, stage, name, image) -> None:
-        with self.run.no_space():
-            save_image(image, self.run.path / str(stage) / name)
+        with self.run.no_space():  # a stage folder that is a link out of the run is refused, not written through
+            save_image(image, inside(self.run.path, self.run.path / str(stage) / name, "stage image"))
 
     def write_checkpoint(self, snapshot) -> None:
         self.run.write_checkpoint(*snapshot())
