@@ -256,13 +256,13 @@ def test_web_inputs_check_the_size_before_gradio_decodes(tmp_path):
     from gradio.data_classes import FileData
 
     from consingan.webapp import actions
-    from consingan.webapp.components import CheckedImage, CheckedImageEditor
+    from consingan.webapp.components import checked_image, checked_image_editor
     from consingan.webapp.store import ModelStore
 
     bomb = forged_png(tmp_path / "bomb.png", 20000, 20000)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    image = CheckedImage(type="filepath")
+    image = checked_image(type="filepath")
     # the Train tab's input hands the path over untouched (Gradio would open and convert it) ...
     for f in (bomb, text):
         assert image.preprocess(FileData(path=str(f), orig_name=f.name)) == str(f)
@@ -274,7 +274,7 @@ def test_web_inputs_check_the_size_before_gradio_decodes(tmp_path):
         actions.training_source(state, str(text), None)
     assert "\n" not in str(err.value)
     # the canvases (ImageEditor) refuse a bomb before decoding it
-    editor = CheckedImageEditor(type="numpy")
+    editor = checked_image_editor(type="numpy")
     with pytest.raises(gr.Error, match="MAX_IMAGE_PIXELS"):
         editor.convert_and_format_image(FileData(path=str(bomb), orig_name="bomb.png"))
     with pytest.raises(gr.Error, match="MAX_IMAGE_PIXELS"):

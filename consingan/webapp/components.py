@@ -2,9 +2,9 @@
 
 Gradio's own Image and ImageEditor open and convert every upload while preparing a handler's input
 (a small PNG that claims 12000x12000 pixels grows to gigabytes there), and a file that is not an image
-fails with Gradio's multi-line "could not preprocess" error. These subclasses read the upload's size
+fails with Gradio's multi-line "could not preprocess" error. The inputs made here read the upload's size
 from its header first (storage.image_files.image_size, held to MAX_IMAGE_PIXELS) and show the app's
-one-line message when it is too large; an ``Image`` with ``type="filepath"`` hands the uploaded file's
+one-line message when it is too large; an image input with ``type="filepath"`` hands the uploaded file's
 path to the handler untouched, which reads it with the one image reader (and says in one line when it
 is not an image).
 """
@@ -48,25 +48,36 @@ def _path_of(file: Any) -> str | None:
     return getattr(file, "path", None) if file is not None and not isinstance(file, (bytes, bytearray)) else None
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose upload is size-checked from its header; ``type="filepath"``: the path, never re-encoded."""
+def checked_image(**kwargs) -> gr.Image:
+    """gr.Image whose upload is size-checked from its header; ``type="filepath"``: the path, never re-encoded.
+    (The methods are replaced on the instance: a subclass would make Gradio write a .pyi stub beside this file.)"""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    def preprocess(self, payload):
+    def checked(payload):
         if payload is None or (payload.url or "").startswith("data:"):
-            return super().preprocess(payload)  # a pasted image: Gradio decodes the data URL itself
+            return preprocess(payload)  # a pasted image: Gradio decodes the data URL itself
         path = _path_of(payload)
         if path is None:
-            return super().preprocess(payload)
-        if self.type == "filepath":
+            return preprocess(payload)
+        if image.type == "filepath":
             return str(path)  # the handler reads it through storage.image_files (size checked, one-line errors)
         _check_upload(path)
-        return super().preprocess(payload)
+        return preprocess(payload)
+
+    image.preprocess = checked
+    return image
 
 
-class CheckedImageEditor(gr.ImageEditor):
+def checked_image_editor(**kwargs) -> gr.ImageEditor:
     """gr.ImageEditor whose background, layers and composite are size-checked before Gradio decodes them."""
+    editor = gr.ImageEditor(**kwargs)
+    convert = editor.convert_and_format_image
 
-    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+    def checked(file, flatten_on_white: bool = False):
         if file is not None:
             _check_upload(file if isinstance(file, (bytes, bytearray, memoryview)) else _path_of(file))
-        return super().convert_and_format_image(file, flatten_on_white)
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked
+    return editor
