@@ -65,7 +65,8 @@ def check_rng(rng: Any, bad: _Bad) -> None:
         raise bad(f"random generator state has unknown entries {sorted(map(str, unknown))}")
     for key in ("cpu", "device"):
         t = rng.get(key)
-        if t is None and key == "device":
+        if key == "device" and (t is None or (isinstance(t, (list, tuple)) and all(  # a list: format 0, per GPU
+                isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 1 for x in t))):
             continue
         if not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1):
             what = f"a {t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
