@@ -68,26 +68,22 @@ def check_port(host: str, port: int) -> None:
     from ..errors import UserError
 
     problem = _can_listen(host, port)
-    if problem is None:
-        return
-    if getattr(problem, "errno", None) == errno.EADDRINUSE:
-        free = next((p for p in range(port + 1, min(port + 100, 65536)) if _can_listen(host, p) is None), None)
-        hint = f"pass --port {free}" if free else "pass another --port"
-        raise UserError(f"port {port} is taken (another program listens on {host}:{port}); {hint}")
-    raise UserError(f"cannot listen on {host}:{port} ({getattr(problem, 'strerror', None) or problem}); "
-                    "pass another --host or --port")
+    if problem is None or getattr(problem, "errno", None) != errno.EADDRINUSE:
+        return  # free, or another problem (a privileged port, an unknown host): the server says which
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if _can_listen(host, p) is None), None)
+    hint = f"pass --port {free}" if free else "pass another --port"
+    raise UserError(f"port {port} is taken (another program listens on {host}:{port}); {hint}")
 
 
 def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.0.1", port: int = 7860,
            device: str = "auto", quiet: bool = False) -> None:
     from .actions import MAX_UPLOAD_MB
 
-    check_port(host, port)  # Gradio would only say "Cannot find empty port", after starting everything
-
     if host not in LOOPBACK:
         print(f"warning: the app listens on {host}, so other machines can reach it; it has no login, and "
               "anyone who reaches it can train models and write files under --models_root (use "
               "--host 127.0.0.1 to keep it on this machine)", file=sys.stderr)
+    check_port(host, port)  # Gradio would only say "Cannot find empty port", after starting everything
     demo, state = create(models_root, device)
     demo.queue(default_concurrency_limit=4)
     print(f"ConSinGAN app: models in {state.store.root}; open http://{host if ':' not in host else f'[{host}]'}:{port}",
