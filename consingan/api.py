@@ -36,7 +36,9 @@ from .tasks.harmonize import fine_tune_dir, harmonize, write_results as write_ha
 
 def default_out_dir(input_name: str, config: Config, root: str | Path = "TrainedModels") -> Path:
     """TrainedModels/<image stem>/<timestamp>_<mode>_<key settings>/ (a fresh name, never reused)."""
-    stem = Path(input_name).stem or "image"
+    from .storage.paths import inside, safe_name
+
+    stem = safe_name(Path(input_name).stem)  # a stem of only dots would name the root's parent
     stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
     c = config
     name = (f"{stamp}_{c.train_mode}_stages_{c.train_stages}_depth_{c.train_depth}_lr_scale_{c.lr_scale:g}"
@@ -45,7 +47,7 @@ def default_out_dir(input_name: str, config: Config, root: str | Path = "Trained
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}_{i}"), i + 1
-    return path
+    return inside(root, path, "output folder")  # <root>/<stem> may be a link out of the root
 
 
 def train(image: Any, config: Config | None = None, *, out_dir: str | Path | None = None,

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from .config import Config, make_config
 from .errors import UserError
 from .signals import sigterm_as_interrupt
 from .storage.image_files import is_image_name
+from .storage.paths import inside, is_inside, safe_name
 from .storage.rundir import RunDir
 
 RAY_MISSING = 'the batch runner needs Ray: pip install -e ".[ray]"'
@@ -48,6 +50,7 @@ SUMMARY_CSV, SUMMARY_JSON = "summary.csv", "summary.json"
 # What a manifest may name besides the Config fields: the image, its output folder's name, the mode and preset.
 MANIFEST_IMAGE_COLUMNS = ("image", "input_name", "path")
 SETTING_NAMES = {f.name for f in dataclasses.fields(Config)} | {"preset"}
+PROGRESS_KINDS = ("auto", "plain", "none")
 REPORT_EVERY = 0.3  # seconds between two reports of a worker to the monitor (and two looks at the stop flag)
 
 # Statuses of a JobResult.
@@ -103,9 +106,9 @@ def collect_jobs(images: Any, settings: Mapping[str, Any] | None = None) -> list
     for row in rows:
         row = dict(row)
         image = str(row.pop("image"))
-        name = row.pop("name", None) or Path(image).stem or "image"
+        name = safe_name(row.pop("name", None) or Path(image).stem)  # never hidden, empty or a path
         unique, i = name, 2
-        while unique.lower() in taken or unique.startswith(".") or unique.lower() in (SUMMARY_CSV, SUMMARY_JSON):
+        while unique.lower() in taken or unique.lower() in (SUMMARY_CSV, SUMMARY_JSON):
             unique, i = f"{name}_{i}", i + 1
         taken.add(unique.lower())  # case-insensitive: folders on macOS and Windows
         jobs.append(Job(image, unique, {**settings, **row}))
@@ -124,27 +127,49 @@ def _rows(images: Any) -> list[dict[str, Any]]:
     text = str(images)
     path = Path(text)
     if path.is_dir():
-        return [{"image": str(p.resolve())} for p in sorted(path.iterdir())
+        return [{"image": str(_resolve(p, text))} for p in sorted(path.iterdir())
                 if p.is_file() and is_image_name(p)]
     if path.suffix.lower() == ".csv" and path.is_file():
         return _read_manifest(path)
     if path.suffix.lower() == ".txt" and path.is_file():
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(_text_of(path).splitlines(), start=1):
             line = line.strip()
             if line and not line.startswith("#"):
-                rows.append({"image": str((path.parent / line).resolve())})
+                rows.append({"image": str(_resolve(path.parent / line, f"list {path} line {number}"))})
         return rows
     if path.is_file():
-        return [{"image": str(path.resolve())}]
+        return [{"image": str(_resolve(path, "--images"))}]
     if glob.has_magic(text):
         return [{"image": os.path.abspath(p)} for p in sorted(glob.glob(text, recursive=True)) if os.path.isfile(p)]
     raise UserError(f"--images {text}: no such folder, file or pattern; give a folder of images, a glob pattern "
                     "(quoted), a .txt list or a .csv manifest")
 
 
+def _text_of(path: Path, encoding: str = "utf-8") -> str:
+    """A list or manifest's text; one that is not UTF-8 is a UserError naming the file."""
+    try:
+        return path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start} cannot be read); save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); check the path and its permissions") from None
+
+
+def _resolve(path: Path, where: str) -> Path:
+    """``path`` with its links followed; a loop of links (or a path the system refuses) is a UserError."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: a NUL character in the name
+        reason = ("a loop of symbolic links" if isinstance(exc, RuntimeError) else "a NUL character in it"
+                  if isinstance(exc, ValueError) else (getattr(exc, "strerror", None) or exc))
+        raise UserError(f"{where}: {path} cannot be resolved ({reason}); give the image's real path") from None
+
+
 def _read_manifest(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    import io
+
+    with io.StringIO(_text_of(path, "utf-8-sig"), newline="") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         image_col = next((c for c in MANIFEST_IMAGE_COLUMNS if c in columns), None)
@@ -156,6 +181,9 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
                             "and train flags without the dashes (e.g. niter, max_size, manualSeed)")
         rows = []
         for number, raw in enumerate(reader, start=2):
+            if None in raw:  # csv puts the cells beyond the header's columns under the key None
+                raise UserError(f"manifest {path} line {number} has more cells than the header has columns "
+                                f"({len(columns)}); quote cells that hold commas, or add the missing column names")
             raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             if not raw.get(image_col):
                 continue  # a blank line
@@ -169,7 +197,7 @@ def _manifest_row(row: dict[str, Any], base: Path, where: str) -> dict[str, Any]
     """A manifest row with its image made absolute and its setting cells typed (empty cells dropped)."""
     if "image" not in row:
         raise UserError(f"{where}: no 'image' given")
-    out: dict[str, Any] = {"image": str((base / str(row.pop("image"))).resolve())}
+    out: dict[str, Any] = {"image": str(_resolve(base / str(row.pop("image")), where))}
     name = row.pop("name", None)
     if name:
         if "/" in str(name) or "\\" in str(name) or str(name) in (".", ".."):
@@ -226,17 +254,17 @@ def check_settings(jobs: Sequence[Job]) -> None:
 
 
 def job_dir(root: Path, name: str) -> Path:
-    return root / name
+    return inside(root, root / name, "model folder")  # <out_root>/<name> may be a link out of --out_root
 
 
 def record_path(root: Path, name: str) -> Path:
-    return root / STATE_DIR / f"{name}.json"
+    return inside(root, root / STATE_DIR / f"{name}.json", "batch record")
 
 
 def read_record(root: Path, name: str) -> dict[str, Any]:
     try:
         return json.loads(record_path(root, name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):  # unreadable, damaged, or a link out of --out_root
         return {}
 
 
@@ -293,6 +321,8 @@ def foreign(root: Path, job: Job) -> str | None:
     own work, as its record in .batch or its config.json says)."""
     from .storage.outputs import LOCK_FILE
 
+    if not is_inside(root, root / job.name):
+        return f"{root / job.name} is a symbolic link that leads outside --out_root"
     out = job_dir(root, job.name)
     if not out.exists():
         return None
@@ -421,6 +451,7 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     from . import api
     from .core.engine import TrainingStopped
     from .device import describe
+    from .storage.outputs import InUse, NoSpace
 
     root, name, image = Path(spec["root"]), spec["name"], spec["image"]
     out = job_dir(root, name)
@@ -496,8 +527,16 @@ def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
                     reporter.phase("evaluate")
                 api.write_metrics(model, RunDir(out).evaluation_dir(), num_samples=spec["eval_samples"], seed=0)
         return finish(DONE)
-    except TrainingStopped as exc:
-        return finish(INTERRUPTED if exc.interrupted else FAILED, str(exc))
+    except TrainingStopped as exc:  # a full disk too: a plain rerun resumes it once there is space
+        return finish(INTERRUPTED if exc.interrupted or getattr(exc, "no_space", False) else FAILED, str(exc))
+    except NoSpace as exc:  # writing samples or metrics: the same
+        return finish(INTERRUPTED, str(exc))
+    except InUse as exc:  # another batch works on this folder: its record stays as that batch writes it
+        if reporter is not None:
+            reporter.phase(FAILED, error=str(exc))
+            reporter.close()
+        return on_disk(root, job, _result_from_disk(root, job, FAILED, read_record(root, name), str(exc)),
+                       spec["samples"], spec["evaluate"]).to_dict()
     except UserError as exc:
         return finish(FAILED, str(exc))
     except KeyboardInterrupt:
@@ -618,10 +657,33 @@ def _check_reachable(address: str) -> None:
     if not host or not port.isdigit():
         raise UserError(f"--address {address}: give auto or HOST:PORT (the head node's, e.g. 10.0.0.5:6379)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as conn:
+            speaks = _speaks_grpc(conn)
     except OSError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); check the address (ray "
                         "status on the head node shows it) or leave out --address to run locally") from None
+    if not speaks:  # something else listens there: Ray would print connection warnings for minutes
+        raise UserError(f"{address} answers but is not a Ray cluster (no gRPC server there); give the head node's "
+                        "GCS address (ray status on the head node shows it) or leave out --address to run locally")
+
+
+def _speaks_grpc(conn: socket.socket, timeout: float = 5.0) -> bool:
+    """Whether the server on ``conn`` talks HTTP/2, as Ray's GCS (gRPC) does: it answers the client's
+    connection preface with a SETTINGS frame. With TLS (RAY_USE_TLS) the check is left to Ray."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "", "false"):
+        return True
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # silence (timeout) or a reset: not a gRPC server
+        return False
+    return head[3] == 0x04  # frame type SETTINGS
 
 
 def _make_monitor_class(ray):
@@ -782,6 +844,9 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     job to stop at a checkpoint, waits for them, writes the summary and raises KeyboardInterrupt; a
     second Ctrl-C kills the workers at once.
     """
+    _signal_seen.clear()
+    if progress not in PROGRESS_KINDS:
+        raise UserError(f"--progress {progress!r} is not one of {', '.join(PROGRESS_KINDS)}; pick one of them")
     if samples < 0 or eval_samples < 2 or retries < 0 or checkpoint_every < 1:
         raise UserError("--samples and --retries must be 0 or more, --checkpoint_every at least 1 and the "
                         "evaluation's samples at least 2")
@@ -819,8 +884,17 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
             if own_ray:
                 view.say(f"joining the Ray cluster at {address}..." if address else
                          "starting Ray (it takes a few seconds; the jobs wait for it)...")
-                start_ray(num_cpus=num_cpus, address=address)
+                restore = sigterm_as_interrupt(_signal_seen)
+                try:
+                    start_ray(num_cpus=num_cpus, address=address)
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM while Ray starts: nothing was trained yet
+                    ray.shutdown()
+                    raise Stopped("stopped while Ray was starting; nothing was trained: run the same command again "
+                                  "to start", _signal_seen.pop()) from None
+                finally:
+                    restore()
             try:
+                check_resources(ray, cpus_per_job, gpus_per_job, address)
                 check_shared(ray, root)
                 stopped = _drive(ray, todo, root, common, retries, view, on_update, results)
             finally:
@@ -828,11 +902,11 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
                     ray.shutdown()
     finally:
         view.close()
-    ordered = [results[j.name] for j in jobs if j.name in results]
+    ordered = [on_disk(root, j, results[j.name], samples, evaluate) for j in jobs if j.name in results]
     if len(ordered) == len(jobs):
         write_summary(root, ordered, time.perf_counter() - t0)
     if stopped:
-        raise KeyboardInterrupt
+        raise Stopped("interrupted", _signal_seen.pop())
     return ordered
 
 
@@ -848,6 +922,16 @@ def dry_run(images: Any, out_root: str | os.PathLike, *, device: str = "auto", g
         device = "cuda" if gpus_per_job > 0 and torch.cuda.is_available() else "cpu"
     root = Path(out_root).resolve()
     return [(job, job_plan(job, device, root)) for job in jobs]
+
+
+def on_disk(root: Path, job: Job, result: JobResult, samples: int, evaluate: bool) -> JobResult:
+    """``result`` as the disk says now: a job that failed here (say, its folder was in use by another
+    batch) but whose model, samples and metrics are all there, finished by that run, is done."""
+    if result.status != FAILED or foreign(root, job) or not finished(job_dir(root, job.name), samples, evaluate):
+        return result
+    done = _result_from_disk(root, job, DONE, read_record(root, job.name))
+    done.error = None
+    return done
 
 
 def plan(jobs: Sequence[Job], root: Path, samples: int, evaluate: bool, retry_failed: bool,
@@ -883,7 +967,7 @@ def _drive(ray, todo: Sequence[Job], root: Path, common: dict[str, Any], retries
     pending = {task.remote({**common, "root": str(root), "name": j.name, "image": j.image, "settings": j.settings,
                             "batch": batch_id}, monitor): j for j in todo}
     stopping = killed = False
-    restore = sigterm_as_interrupt()  # SIGTERM on the driver stops the batch as Ctrl-C does
+    restore = sigterm_as_interrupt(_signal_seen)  # SIGTERM on the driver stops the batch as Ctrl-C does
     try:
         while pending:
             try:
@@ -928,6 +1012,39 @@ def _collect(ray, ref, job: Job, root: Path, killed: bool) -> JobResult:
         if record.get("status") == "running":
             write_record(root, job.name, {**record, "status": status, "error": why})
         return _result_from_disk(root, job, status, record, why)
+
+
+class Stopped(KeyboardInterrupt):
+    """The batch stopped on Ctrl-C or SIGTERM (``signal``: signal.SIGINT or signal.SIGTERM); ``exit_code`` is
+    the shell's 128 + signal number. The message says what happened."""
+
+    def __init__(self, message: str, sig: int = signal.SIGINT):
+        super().__init__(message)
+        self.signal = sig
+        self.exit_code = 128 + int(sig)
+
+
+class _Signals(list):
+    def pop(self) -> int:  # the last signal that stopped the batch (SIGTERM handler), else Ctrl-C's SIGINT
+        return super().pop() if self else signal.SIGINT
+
+
+_signal_seen = _Signals()
+
+
+def check_resources(ray, cpus_per_job: float, gpus_per_job: float, address: str | None = None) -> None:
+    """Refuse a job size that no node of the cluster can give (Ray would queue the jobs forever, silently)."""
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - Ray's internals moved: let the jobs wait as Ray decides
+        return
+    if not nodes or any(r.get("CPU", 0) >= cpus_per_job and r.get("GPU", 0) >= gpus_per_job for r in nodes):
+        return
+    cpus = max(r.get("CPU", 0) for r in nodes)
+    gpus = max(r.get("GPU", 0) for r in nodes)
+    where = "this machine's Ray" if address is None else f"the Ray cluster at {address}"
+    raise UserError(f"--cpus_per_job {cpus_per_job:g} and --gpus_per_job {gpus_per_job:g} ask for more than any node of "
+                    f"{where} has (at most {cpus:g} CPUs and {gpus:g} GPUs); lower them (no job was started)")
 
 
 SUMMARY_COLUMNS = ("image", "name", "status", "error", "seconds", "device", "node", "seed", "attempts", "model_dir")

@@ -457,7 +457,7 @@ def generate(
                                    scale_w=scale_w, seed=seed, start_scale=start_scale or 0, progress="auto",
                                    numbered=True)
     except HANDLED as e:
-        fail_on(e, "use smaller --scale_h/--scale_w")
+        fail_on(e, "use a smaller --sr_factor" if sr_factor is not None else "use smaller --scale_h/--scale_w")
     first = numbered_base(folder)
     if first != folder:
         typer.echo(f"{first} already holds samples, so these went to {folder.name} beside it (nothing was overwritten)")
@@ -514,7 +514,7 @@ def write_task(model, model_dir, task: str, sr_factor, paint, num_samples, seed,
             raise UserError("--num_samples does not apply to super-resolution (one enlarged image); drop it")
         factor = model.config.sr_factor if sr_factor is None else superres.check_factor(sr_factor)
         target = output_folder(Path(out) if out else RunDir(model_dir).evaluation_dir(), OUT_FIX)
-        check_samples(model, factor, factor, 1)
+        check_samples(model, factor, factor, 1, flags=(f"--sr_factor {factor:g}", "use a smaller --sr_factor"))
         for path in superres.write_results(model, target, factor, seed=seed):
             typer.echo(f"Saved: {path}")
         return
@@ -699,10 +699,15 @@ def batch(
         results = batch_runner.run(images, out_root, samples=samples, evaluate=evaluate, cpus_per_job=cpus_per_job,
                                    gpus_per_job=gpus_per_job, address=address, retries=retries,
                                    retry_failed=retry_failed, force=force, **settings)
-    except KeyboardInterrupt:
-        typer.echo(f"error: interrupted; run the same command again to go on (summary: {Path(out_root) / 'summary.csv'})",
-                   err=True)
-        raise typer.Exit(130)
+    except KeyboardInterrupt as exc:
+        code = getattr(exc, "exit_code", 130)  # batch.Stopped: 143 for SIGTERM
+        what = "SIGTERM" if code == 143 else "Ctrl-C"
+        if str(exc) and str(exc) != "interrupted":
+            typer.echo(f"error: {exc} ({what})", err=True)
+        else:
+            typer.echo(f"error: interrupted ({what}); run the same command again to go on (summary: "
+                       f"{Path(out_root) / 'summary.csv'})", err=True)
+        raise typer.Exit(code)
     except HANDLED as e:
         fail_on(e, "lower --cpus_per_job's jobs per machine, --max_size or --nfc")
     typer.echo(batch_runner.total_line(results, out_root))

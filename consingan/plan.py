@@ -152,12 +152,18 @@ def estimate_for(config: Config, height: int, width: int, device: torch.device |
     return cost.estimate(config, sizes, cost.measure_machine(device, config.nfc))
 
 
-def check_samples(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0) -> None:
-    """Refuse, before any work, samples too large to generate (core/cost.sample_bytes)."""
+def check_samples(model, scale_h: float, scale_w: float, num_samples: int, kept: int = 0,
+                  flags: tuple[str, str] | None = None) -> None:
+    """Refuse, before any work, samples too large to generate (core/cost.sample_bytes). ``flags``: (the
+    flags that set the size, the fix), as the user gave them (default: --scale_h/--scale_w)."""
+    import math
+
+    given, fix = flags or (f"--scale_h {scale_h:g} --scale_w {scale_w:g}", "use smaller --scale_h/--scale_w")
     h, w = (v * s for v, s in zip(model.shapes[-1], (scale_h, scale_w)))
+    if not (math.isfinite(h * w) and h * w < 1e15):  # past any memory, and past what a float prints sensibly
+        raise UserError(f"{given} asks for an image of more than 10^15 pixels, more than any machine holds; {fix}")
     check_memory(cost.sample_bytes(model.config, (h, w), num_samples, kept),
-                 f"samples of {h:.0f}x{w:.0f} pixels (--scale_h {scale_h:g} --scale_w {scale_w:g})",
-                 "use smaller --scale_h/--scale_w", model.device)
+                 f"samples of {h:.0f}x{w:.0f} pixels ({given})", fix, model.device)
 
 
 def check_object(obj: str | os.PathLike, scale: float) -> None:

@@ -29,13 +29,15 @@ def restore(previous: dict[int, object]) -> None:
         signal.signal(s, h)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def sigterm_as_interrupt() -> Callable[[], None]:
+def sigterm_as_interrupt(seen: list | None = None) -> Callable[[], None]:
     """From now on SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so one ``except KeyboardInterrupt``
-    stops the work either way. Returns the function that puts the previous handler back (call it in a
-    ``finally``)."""
-    previous = install(_interrupt, STOP_SIGNALS[1:])
+    stops the work either way; ``seen``, when given, gets the signal's number appended first (to tell
+    SIGTERM from Ctrl-C afterwards). Returns the function that puts the previous handler back (call it
+    in a ``finally``)."""
+    def interrupt(signum, frame) -> None:
+        if seen is not None:
+            seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = install(interrupt, STOP_SIGNALS[1:])
     return lambda: restore(previous)

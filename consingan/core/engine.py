@@ -225,7 +225,10 @@ class Engine:
                 callbacks: Iterable[Callbacks] = (), stage0_input: Stage0Input | None = None,
                 where: Any = "the checkpoint") -> "Engine":
         """The engine as it was when ``state`` (``training_state()``) was taken of it with ``model``."""
+        from .state_check import check_fields, check_optimizer, check_scheduler
+
         state = read_training_state(state, where)
+        check_fields(state, len(model.amps), model.config.train_stages, where)  # before anything is built
         rng = Rngs.seeded(model.config.manualSeed, options.device)
         engine = cls._of_model(model, rng, options, callbacks, stage0_input)
         engine.stage, engine.iteration = int(state["stage"]), int(state["iteration"])
@@ -234,6 +237,15 @@ class Engine:
         if engine.stage_ready:
             engine.optim = make_optimizers(engine.G, engine.D, engine.config, engine.stage)
             opt_d, opt_g, sched_d, sched_g = engine.optim
+            for key, item in (("opt_d", opt_d), ("opt_g", opt_g)):
+                try:
+                    check_optimizer(state[key], item, key, where)
+                except UserError:
+                    if _older_groups(state[key], item):
+                        break  # said below, in the older version's words
+                    raise
+            for key, item in (("sched_d", sched_d), ("sched_g", sched_g)):
+                check_scheduler(state[key], item, key, where)
             try:
                 opt_d.load_state_dict(state["opt_d"])
                 opt_g.load_state_dict(state["opt_g"])
@@ -242,7 +254,11 @@ class Engine:
                                 "start this training or fine-tuning again") from None
             sched_d.load_state_dict({**state["sched_d"], "milestones": sched_d.milestones})
             sched_g.load_state_dict({**state["sched_g"], "milestones": sched_g.milestones})
-        engine.rng.restore(state["rng"])
+        try:
+            engine.rng.restore(state["rng"])
+        except (RuntimeError, TypeError, ValueError) as exc:  # right size, contents torch refuses
+            raise UserError(f"{where} is damaged: its random generator state cannot be restored "
+                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); train again") from None
         return engine
 
     def _layout(self, t: torch.Tensor) -> torch.Tensor:
@@ -395,6 +411,13 @@ class Engine:
             state.update(opt_d=opt_d.state_dict(), opt_g=opt_g.state_dict(),
                          sched_d=without_milestones(sched_d), sched_g=without_milestones(sched_g))
         return state
+
+
+def _older_groups(saved: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """A saved optimizer state of an older consingan: well formed, with another number of parameter groups."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    return isinstance(groups, list) and 0 < len(groups) != len(optimizer.param_groups) and all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
 
 
 def read_training_state(state: Any, where: Any = "the checkpoint") -> dict[str, Any]:

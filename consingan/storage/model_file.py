@@ -163,7 +163,30 @@ def check_record(record: dict[str, Any], path: Any = "model") -> Config:
                 raise bad(f"its {what} weight {name} is not finite")
     if not isinstance(record.get("meta") or {}, dict):
         raise bad("its meta data is not a table")
+    _check_weight_shapes(record, config, n, bad)
     return config
+
+
+def _check_weight_shapes(record: dict[str, Any], config: Config, n: int, bad) -> None:
+    """The weights' names and shapes are the ones the settings give for ``n`` stages, compared with networks
+    built on the "meta" device (shapes only, no memory): a file whose settings claim a huge nfc is refused
+    before anything that size is allocated."""
+    from ..core.networks import Discriminator
+
+    with torch.device("meta"):
+        G = Generator(config)
+        for _ in range(n - 1):
+            G.grow()
+        D = Discriminator(config) if record.get("discriminator") is not None else None
+    for what, key, net in (("generator", "generator", G), ("discriminator", "discriminator", D)):
+        if net is None:
+            continue
+        want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in record[key].items()}
+        if want != got:
+            names = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+            raise bad(f"its {what} weights do not fit its settings and {n} stages (first difference: {names[0]}: "
+                      f"{got.get(names[0], 'missing')} where the settings give {want.get(names[0], 'none')})")
 
 
 def from_record(record: dict[str, Any], device: torch.device | str = "cpu", path: Any = "model") -> Model:

@@ -10,7 +10,8 @@
   target and is then renamed into place, so a kill or a full disk never leaves a half-written or
   empty file under the real name. ``overwrite=False`` publishes with ``os.link``, which fails
   instead of replacing a file that another run created meanwhile.
-- A full disk (ENOSPC, EDQUOT) is a ``NoSpace`` error that names the device, not a traceback.
+- A full disk (ENOSPC, EDQUOT, or torch.save's own writer failing half-way: a RuntimeError from
+  inline_container.cc) is a ``NoSpace`` error that names the device, not a traceback.
 - Files get the mode any other program's would: ``0o666`` less the process's umask (``file_mode``;
   a temporary file is made ``0o600`` and changed before it is published).
 """
@@ -67,8 +68,19 @@ def file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+# torch.save writes through its own C++ writer, which reports a short write (a full disk) as a RuntimeError
+# "[enforce fail at inline_container.cc:...] . unexpected pos ..." or "PytorchStreamWriter failed writing ...".
+_TORCH_WRITER_FAILURES = ("inline_container.cc", "PytorchStreamWriter failed")
+
+
+def torch_writer_failed(exc: BaseException) -> bool:
+    """torch's file writer gave up half-way (its files are only ever written by us, so: the disk is full)."""
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITER_FAILURES)
+
+
 def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, NoSpace) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS)
+    return isinstance(exc, NoSpace) or (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS) \
+        or torch_writer_failed(exc)
 
 
 def mount_point(path: str | os.PathLike) -> Path:
@@ -115,8 +127,12 @@ class OutputExists(UserError):
                          "(nothing was overwritten)")
 
 
+class InUse(UserError):
+    """Another run holds the directory (its lock): what is there is that run's, not this one's."""
+
+
 def _reraise_no_space(exc: BaseException, path: Path) -> None:
-    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+    if (isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS) or torch_writer_failed(exc):
         raise NoSpace(path) from None
 
 
@@ -253,11 +269,12 @@ def _owner(lock: Path) -> str:
 
 def _lock(folder: Path, what: str) -> int | None:
     lock = folder / LOCK_FILE
-    in_use = lambda: UserError(f"{folder} is in use by another run ({_owner(lock)}); wait for it to end "  # noqa: E731
+    in_use = lambda: InUse(f"{folder} is in use by another run ({_owner(lock)}); wait for it to end "  # noqa: E731
                                f"or choose another {what} (nothing was overwritten)")
     while True:
         try:
-            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0)
+            # O_NOFOLLOW: a lock file that is a link (say, to a file outside the folder) is never written through
+            flags = os.O_RDWR | os.O_CREAT | (os.O_EXCL if fcntl is None else 0) | getattr(os, "O_NOFOLLOW", 0)
             fd = os.open(lock, flags, 0o644)
         except FileExistsError:  # no flock on this system: the marker's existence is the claim
             raise in_use() from None

@@ -35,6 +35,7 @@ from ..errors import UserError
 from .image_files import read_image, save_image
 from .model_file import MODEL_FILE, atomic_save, from_record, read_record, save_model, to_record
 from .outputs import NoSpace, claim_dir, clean_temp_files, is_no_space, write_bytes
+from .paths import inside
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
@@ -206,18 +207,21 @@ class RunDir:
         """A full disk inside the block: TrainingStopped saying what was kept and how to go on."""
         try:
             yield
-        except (OSError, UserError) as exc:
+        except (OSError, UserError, RuntimeError) as exc:
             if not is_no_space(exc):
                 raise
             where = exc.where if isinstance(exc, NoSpace) else NoSpace(getattr(exc, "filename", None) or self.path).where
             if not self.checkpoint_file.exists():
-                raise TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
-                                      "nothing to resume: free space and train again", None, resume_hint=False) from None
-            kept = "the last checkpoint" if self.written is None or finishing else \
-                f"the checkpoint of {position_text(*self.written, folder=True)}"
-            raise TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
-                                  f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
-                                  resume_hint=False) from None
+                stop = TrainingStopped(f"no space left on {where}; no checkpoint was written yet, so there is "
+                                       "nothing to resume: free space and train again", None, resume_hint=False)
+            else:
+                kept = "the last checkpoint" if self.written is None or finishing else \
+                    f"the checkpoint of {position_text(*self.written, folder=True)}"
+                stop = TrainingStopped(f"no space left on {where}; kept {kept} ({self.checkpoint_file}), "
+                                       f"free space and resume with: {resume_command(self.path)}", self.checkpoint_file,
+                                       resume_hint=False)
+            stop.no_space = True  # a batch records it as interrupted: a plain rerun goes on once there is space
+            raise stop from None
 
     def writer(self) -> "RunDirWriter":
         return RunDirWriter(self)
@@ -239,6 +243,12 @@ def last_time(path: Path) -> float:
     return 0.0
 
 
+def _open_log(path: Path):
+    """log.jsonl for appending, never through a link (a crafted run folder's log.jsonl pointing elsewhere)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class RunDirWriter(Callbacks):
     """The engine's outputs into a run directory: log.jsonl, the stage images, checkpoints.
 
@@ -257,7 +267,7 @@ class RunDirWriter(Callbacks):
         self.run.path.mkdir(parents=True, exist_ok=True)
         offset = last_time(self.run.path / LOG_FILE)
         with self.run.no_space():
-            self.log = open(self.run.path / LOG_FILE, "a", encoding="utf-8")
+            self.log = _open_log(self.run.path / LOG_FILE)
         self.t0 = self.stage_t0 = self.clock() - offset
 
     def _write(self, row: dict) -> None:
@@ -277,8 +287,8 @@ class RunDirWriter(Callbacks):
         self._write({"stage": stage, "event": "stage_end", "stage_s": round(self.clock() - self.stage_t0, 3)})
 
     def on_image(self, stage, name, image) -> None:
-        with self.run.no_space():
-            save_image(image, self.run.path / str(stage) / name)
+        with self.run.no_space():  # a stage folder that is a link out of the run is refused, not written through
+            save_image(image, inside(self.run.path, self.run.path / str(stage) / name, "stage image"))
 
     def write_checkpoint(self, snapshot) -> None:
         self.run.write_checkpoint(*snapshot())

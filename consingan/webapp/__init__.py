@@ -43,6 +43,38 @@ def create(models_root: str | os.PathLike = "TrainedModels", device: str = "auto
     return build(state), state
 
 
+def _can_listen(host: str, port: int) -> OSError | None:
+    """None when ``host:port`` can be listened on now (as the server would: SO_REUSEADDR), else the error."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """A UserError naming the port and a free one when ``port`` is taken (before anything is started)."""
+    import errno
+
+    from ..errors import UserError
+
+    problem = _can_listen(host, port)
+    if problem is None or getattr(problem, "errno", None) != errno.EADDRINUSE:
+        return  # free, or another problem (a privileged port, an unknown host): the server says which
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if _can_listen(host, p) is None), None)
+    hint = f"pass --port {free}" if free else "pass another --port"
+    raise UserError(f"port {port} is taken (another program listens on {host}:{port}); {hint}")
+
+
 def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.0.1", port: int = 7860,
            device: str = "auto", quiet: bool = False) -> None:
     from ..signals import sigterm_as_interrupt
@@ -52,6 +84,7 @@ def launch(models_root: str | os.PathLike = "TrainedModels", host: str = "127.0.
         print(f"warning: the app listens on {host}, so other machines can reach it; it has no login, and "
               "anyone who reaches it can train models and write files under --models_root (use "
               "--host 127.0.0.1 to keep it on this machine)", file=sys.stderr)
+    check_port(host, port)  # Gradio would only say "Cannot find empty port", after starting everything
     from .ui import CSS
 
     demo, state = create(models_root, device)

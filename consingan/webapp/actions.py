@@ -24,10 +24,10 @@ from ..errors import UserError
 from ..storage.image_files import is_image_name
 from ..storage.rundir import RunDir
 from .jobs import Job, JobCallbacks, TrainingQueue
-from .store import ModelStore, inside
+from ..storage.paths import inside as confined
+from .store import ModelStore, inside, shown
 
 MAX_UPLOAD_MB = 25  # per file (Gradio refuses larger uploads before they reach a handler)
-MAX_PIXELS = 40_000_000  # an image is read whole before it is resized to max_size
 MAX_SAMPLES = 64
 MAX_FRAMES = 300
 MAX_SCALE = 8.0
@@ -116,16 +116,10 @@ def readable(state: AppState, path: Any, what: str) -> Path:
 
 
 def check_pixel_count(path: Path, what: str) -> None:
-    from PIL import Image
+    """An image file (its header only, nothing decoded), held to storage.image_files.MAX_IMAGE_PIXELS."""
+    from ..storage.image_files import image_size
 
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - not an image Pillow knows: the reader says so in its own words
-        return
-    if w * h > MAX_PIXELS:
-        raise UserError(f"the {what} has {w}x{h} pixels, more than the app reads ({MAX_PIXELS // 10**6} "
-                        "megapixels); shrink it first")
+    image_size(path, f"the {what}")
 
 
 def examples(state: AppState) -> list[str]:
@@ -256,7 +250,7 @@ def resume_training(state: AppState, name: str) -> Job:
 
     folder = state.store.folder(name, "run")
     if name not in state.store.interrupted():
-        raise UserError(f"{name} is not an interrupted run (no checkpoint.pt without a model.pt); pick one "
+        raise UserError(f"{shown(name)} is not an interrupted run (no checkpoint.pt without a model.pt); pick one "
                         "from the list")
 
     def run(job: Job):
@@ -274,7 +268,7 @@ def fine_tune(state: AppState, name: str, naive_path: Path, niter: Any, seed: An
         raise UserError(f"fine-tuning works with harmonization or editing models only, and {name} was trained "
                         f"with --train_mode {model.config.train_mode}")
     src = state.store.model_dir(name)
-    out = fine_tune_dir(src)
+    out = confined(state.store.root, fine_tune_dir(src), "output folder")
     niter = whole(niter, "fine-tuning iterations", 1, 100000)
     seed = seed_of(seed)
 
@@ -394,8 +388,14 @@ def _as_array(value: Any) -> np.ndarray:
     else:
         from PIL import Image
 
+        from ..storage.image_files import image_size
+
+        image_size(str(value), "image")  # the size from the header, before Pillow decodes it
         with Image.open(str(value)) as im:
             arr = np.asarray(im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB"))
+    from ..storage.image_files import check_array_size
+
+    check_array_size(arr, "the image")
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return arr

@@ -15,15 +15,19 @@ from pathlib import Path
 from ..errors import UserError
 from ..storage.model_file import MODEL_FILE
 from ..storage.rundir import CHECKPOINT_FILE, RESULTS_DIR, RunDir
+from ..storage.paths import inside as confined, is_inside
 
 
 def inside(root: Path, path: Path) -> bool:
-    """Whether ``path`` (symbolic links followed) is ``root`` or below it."""
-    try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
-        return True
-    except ValueError:
-        return False
+    """Whether ``path`` (symbolic links followed) is ``root`` or below it (storage.paths.is_inside)."""
+    return is_inside(root, path)
+
+
+def shown(name: object) -> str:
+    """A name as a message shows it: as it is, or quoted with escapes when it holds line breaks or control
+    characters (a message stays one line)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
 
 
 class ModelStore:
@@ -43,7 +47,7 @@ class ModelStore:
             return found
         for folder, dirs, files in os.walk(self.root):
             dirs[:] = sorted(d for d in dirs if d != RESULTS_DIR and not d.startswith("."))
-            if marker in files:
+            if marker in files and inside(self.root, Path(folder) / marker):  # no model.pt linked from outside
                 found.append(Path(folder).relative_to(self.root).as_posix())
         return found
 
@@ -72,14 +76,15 @@ class ModelStore:
     def model_dir(self, name: str | None) -> Path:
         path = self.folder(name)
         if not (path / MODEL_FILE).is_file():
-            raise UserError(f"{name} holds no {MODEL_FILE}; pick a model from the list (refresh it after training)")
+            raise UserError(f"{shown(name)} holds no {MODEL_FILE}; pick a model from the list (refresh it after training)")
+        confined(self.root, path / MODEL_FILE, "model file")  # a model.pt linked from outside the root
         return path
 
     def info(self, name: str) -> dict:
         """The model's config.json ({} when it is missing or unreadable: the list still shows the model)."""
         try:
-            info = json.loads(RunDir(self.folder(name)).config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            info = json.loads(confined(self.root, RunDir(self.folder(name)).config_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UserError):
             return {}
         return info if isinstance(info, dict) else {}
 
@@ -109,13 +114,13 @@ class ModelStore:
 
     def results_dir(self, name: str, kind: str) -> Path:
         """A new folder ``<model>/Web/<kind>_<time>`` for one request's results (created here)."""
-        base = RunDir(self.model_dir(name)).results_dir
+        base = confined(self.root, RunDir(self.model_dir(name)).results_dir, "results folder")  # Web may be a link out
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         for i in range(1000):
             path = base / (f"{kind}_{stamp}" + (f"_{i}" if i else ""))
             try:
                 path.mkdir(parents=True)
-                return path
+                return confined(self.root, path, "results folder")
             except FileExistsError:
                 continue
         raise UserError(f"cannot find a free folder name under {base}; remove old results there")

@@ -7,6 +7,7 @@ import numpy as np
 
 from . import actions as act
 from . import choices
+from .components import checked_image, checked_image_editor
 from .errors import guarded
 from .jobs import DONE, QUEUED, RUNNING
 
@@ -123,7 +124,7 @@ def build(state: act.AppState) -> gr.Blocks:
             with gr.Tab("Train", id="train", elem_id="tab-train") as tab_train:
                 with gr.Row():
                     with gr.Column(scale=1):
-                        t_image = gr.Image(format="png", type="filepath", label="Training image", sources=["upload", "clipboard"],
+                        t_image = checked_image(format="png", type="filepath", label="Training image", sources=["upload", "clipboard"],
                                            height=240, elem_id="train-image")
                         t_example = gr.Dropdown(choices=examples, value=None, label="... or an example from Images/",
                                                 elem_id="train-example")
@@ -202,7 +203,7 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         gr.Markdown("**Paste an object** onto the training image: upload it (its alpha channel is its "
                                     "shape), then move it with the sliders or click where its centre goes.")
-                        h_object = gr.Image(format="png", type="filepath", elem_id="harmonize-object", label="Object", image_mode="RGBA", height=160,
+                        h_object = checked_image(format="png", type="filepath", elem_id="harmonize-object", label="Object", image_mode="RGBA", height=160,
                                             sources=["upload", "clipboard"])
                         with gr.Row():
                             h_x = gr.Slider(0, 1, 0.5, step=0.01, label="x (centre)", elem_id="harmonize-x")
@@ -215,7 +216,7 @@ def build(state: act.AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         gr.Markdown("**Or draw the mask**: upload a naive image (the object already pasted in), "
                                     "then paint over the object with the brush.")
-                        h_editor = gr.ImageEditor(format="png", type="numpy", label="Naive image and mask", height=360,
+                        h_editor = checked_image_editor(format="png", type="numpy", label="Naive image and mask", height=360,
                                                   brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
                                                   elem_id="harmonize-editor")
                 with gr.Row():
@@ -238,7 +239,7 @@ def build(state: act.AppState) -> gr.Blocks:
                         p_model = model_dropdown("Model (paint mode is made for this)", "paint", "paint-model")
                         p_load = gr.Button("Load the model's colours onto the canvas", elem_id="paint-load")
                         p_swatch = gr.Image(format="png", label="Palette", interactive=False, height=60, elem_id="paint-palette")
-                        p_canvas = gr.ImageEditor(format="png", type="numpy", label="Canvas", height=380, image_mode="RGB",
+                        p_canvas = checked_image_editor(format="png", type="numpy", label="Canvas", height=380, image_mode="RGB",
                                                   brush=gr.Brush(colors=["#000000"], color_mode="fixed"),
                                                   elem_id="paint-canvas")
                         with gr.Row():
