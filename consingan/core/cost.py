@@ -56,8 +56,9 @@ CALL_FACTOR = 0.9
 # The work around the convolutions (activations, upsampling, the additions, layout copies) grows with
 # channels x pixels where a convolution's grows with channels^2 x pixels: an iteration takes about
 # (1 + ELEMENTWISE_CHANNELS / nfc) times its convolutions' time at the measured rate (about 1.7 at nfc
-# 16, fitted to benchmarks/cost.py's runs on a quiet 2-core CPU; 1.17 at nfc 64, which puts a 250-px
-# top stage near the 1.1-1.3 s bench_train.py measured).
+# 16, fitted to benchmarks/cost.py's runs on a quiet 2-core CPU; 1.17 at nfc 64, which puts a paper
+# run's 250-px top stage at about 1.5 s per iteration at 300 GFLOP/s, against the 1.1-1.3 s that
+# bench_train.py measured: not re-fitted at that size).
 ELEMENTWISE_CHANNELS = 11.0
 # A stage's start and end (its first iterations' kernel set-up, the noise amplitude, the stage-end
 # samples and images) cost about this many of its iterations.
