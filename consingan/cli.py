@@ -243,7 +243,7 @@ def train(
         out = Path(out_dir) if out_dir else api.default_out_dir(input_name, plan.config)
         check_new_run_dir(out)  # a named --out_dir that holds files: say which flag to pass, before any work
         output_folder(out, "choose another --out_dir" if out_dir else "pass --out_dir DIR to write the model elsewhere")
-        echo_device(plan.device, plan.config)
+        echo_device(plan.device, plan.config, plan.threads)
         with stopped_message(out):
             api.train(plan, out_dir=out, progress=progress, checkpoint_every=checkpoint_every)
     except HANDLED as e:
@@ -297,9 +297,10 @@ def fine_tune_command(ctx: typer.Context, model_dir, naive_img, fine_tune, train
     return out
 
 
-def echo_device(device, config=None) -> None:
+def echo_device(device, config=None, threads: int | None = None) -> None:
     """The one line that says where a run computes (a GPU flag that could not be honoured was warned about),
-    and in what precision when ``config`` is given (--precision auto made concrete, as config.json records it)."""
+    in what precision when ``config`` is given (--precision auto made concrete, as config.json records it)
+    and with how many CPU threads when ``threads`` is (the numbers depend on it; config.json records it)."""
     from .device import describe
 
     precision = ""
@@ -307,6 +308,8 @@ def echo_device(device, config=None) -> None:
         from .core.runtime import resolve_precision
 
         precision = f", computing in {resolve_precision(config, device).precision}"
+    if threads and str(device).startswith("cpu"):
+        precision += f" with {threads} thread{'s' if threads > 1 else ''}"
     typer.echo(f"Device: {describe(device)}{precision}")
 
 

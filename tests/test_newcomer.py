@@ -214,16 +214,18 @@ def test_the_readme_quick_start_runs_twice(tiny_image, tmp_path):
 
 # --- 5. what a run says --------------------------------------------------------------------------------
 
-def test_the_device_line_names_the_precision(tiny_image, tmp_path):
+def test_the_device_line_names_the_precision_and_the_threads(tiny_image, tmp_path):
     proc = run_cli("main_train.py", "--input_name", tiny_image, "--out_dir", tmp_path / "a", *TINY_FLAGS,
-                   "--train_stages", "2", "--niter", "2", "--precision", "fp32")
-    assert "Device: cpu, computing in fp32" in proc.stdout.splitlines()
+                   "--train_stages", "2", "--niter", "2", "--precision", "fp32", "--threads", "1")
+    assert "Device: cpu, computing in fp32 with 1 thread" in proc.stdout.splitlines()
     proc = run_cli("main_train.py", "--input_name", tiny_image, "--out_dir", tmp_path / "b", *TINY_FLAGS,
                    "--train_stages", "2", "--niter", "2", "--precision", "auto")
     import json
 
     chosen = json.loads((tmp_path / "b" / "config.json").read_text())["precision"]
-    assert chosen in ("fp32", "bf16") and f"Device: cpu, computing in {chosen}" in proc.stdout.splitlines()
+    threads = json.loads((tmp_path / "b" / "config.json").read_text())["threads"]
+    line = f"Device: cpu, computing in {chosen} with {threads} thread{'s' if threads > 1 else ''}"
+    assert chosen in ("fp32", "bf16") and line in proc.stdout.splitlines()
 
 
 def test_the_batch_says_that_ray_is_starting(tiny_image, tmp_path, monkeypatch, capsys):

@@ -437,7 +437,7 @@ def test_train_says_which_device_and_warns_about_a_gpu_flag_it_cannot_honour(tin
     if torch.cuda.is_available():
         assert "Device: cuda:0" in result.stdout
     else:
-        assert result.stdout.splitlines()[0] == "Device: cpu"
+        assert result.stdout.splitlines()[0].startswith("Device: cpu, computing in ")
         assert "warning: --gpu 0 cannot be used: this machine has no CUDA GPU" in result.stderr
     # a GPU flag with --device cpu
     result = invoke("generate", "--model_dir", tiny / "model", "--num_samples", "1", "--gpu", "1",

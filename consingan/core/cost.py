@@ -49,14 +49,17 @@ WEIGHT_COPIES = 8
 MAPS_PER_CONV = 2.0
 # Allocator slack: freed blocks kept for reuse (consingan/process.py's tuning keeps the peak), temporaries.
 MEMORY_SLACK = 1.5
-# Convolution calls around one convolution (bias, activation, optimizer's share): the measured
-# latency of one convolution times this is the fixed cost of each (fitted to benchmarks/cost.py's runs).
-CALL_FACTOR = 2.0
+# The fixed cost of each convolution call of an iteration, in measured latencies of one convolution
+# (the calls around it, activations and the optimizer's share, less what overlaps; fitted to
+# benchmarks/cost.py's runs on a quiet 2-core CPU).
+CALL_FACTOR = 0.9
 # The work around the convolutions (activations, upsampling, the additions, layout copies) grows with
 # channels x pixels where a convolution's grows with channels^2 x pixels: an iteration takes about
-# (1 + ELEMENTWISE_CHANNELS / nfc) times its convolutions' time at the measured rate (about 3.5 at nfc
-# 16, fitted to benchmarks/cost.py's runs; 1.6 at nfc 64, near bench_train.py's 250-px top stage).
-ELEMENTWISE_CHANNELS = 40.0
+# (1 + ELEMENTWISE_CHANNELS / nfc) times its convolutions' time at the measured rate (about 1.7 at nfc
+# 16, fitted to benchmarks/cost.py's runs on a quiet 2-core CPU; 1.17 at nfc 64, which puts a paper
+# run's 250-px top stage at about 1.5 s per iteration at 300 GFLOP/s, against the 1.1-1.3 s that
+# bench_train.py measured: not re-fitted at that size).
+ELEMENTWISE_CHANNELS = 11.0
 # A stage's start and end (its first iterations' kernel set-up, the noise amplitude, the stage-end
 # samples and images) cost about this many of its iterations.
 STAGE_EXTRA_ITERATIONS = 6
