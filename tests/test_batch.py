@@ -37,6 +37,16 @@ def write_image(path, seed: int) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _environment_as_it_was():
+    """Ray's driver sets variables of its own in os.environ (RAY_AUTH_MODE, PYTHONBREAKPOINT, ...), which
+    every later test's subprocess (the web app's) would inherit: put the environment back after this module."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray of 2 CPUs for the whole module (it takes seconds to start); batch.run uses it and
