@@ -32,7 +32,7 @@ from .core.runtime import resolve_precision
 from .device import check_memory, describe, resolve_device
 from .errors import ConSinGANWarning, UserError
 from .storage.image_files import as_image
-from .process import choose_threads, torch_threads
+from .process import choose_threads
 from .storage.rundir import PRESET_KEY, THREADS_KEY, run_info
 
 
@@ -59,8 +59,10 @@ class Plan:
     def estimate(self) -> cost.Estimate:
         """The time per stage and in all, on this machine (measured once per process, a fraction of a
         second) and the peak memory."""
-        with torch_threads(self.threads):  # the rate the run will see
-            machine = cost.measure_machine(self.device, self.config.nfc)
+        # measured with torch's current thread count: inside a run (progress) that is the run's own; the
+        # count is not changed here, since it is process-wide and a training may be running in another
+        # thread (the web app estimates while it trains)
+        machine = cost.measure_machine(self.device, self.config.nfc)
         return cost.estimate(self.config, self.sizes, machine)
 
     def info(self) -> dict[str, Any]:
