@@ -67,7 +67,7 @@ def train(image: Any, config: Config | None = None, *, out_dir: str | Path | Non
     one folder per stage); the directory must not exist or be empty. ``callbacks``: objects with the
     methods of ``consingan.callbacks.Callbacks``, told of every stage, log point and image. ``stop``:
     set it (from any thread) to stop at the next iteration with a checkpoint (TrainingStopped).
-    ``threads``: torch's CPU threads for the run; None or 0: the thread rule (core/runtime.py:
+    ``threads``: torch's CPU threads for the run; None or 0: the thread rule (consingan/process.py:
     the cores free at the start, on the CPU). Recorded in config.json; set for the run and put back after.
     Randomness comes from the run's own generators seeded by ``manualSeed``: the same settings give
     the same model, also for several runs in one process.
