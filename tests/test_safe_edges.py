@@ -591,3 +591,19 @@ def test_sr_factor_too_large_blames_sr_factor():
     for bad in (float("inf"), float("nan")):
         with pytest.raises(UserError, match="--sr_factor must be a finite number"):
             check_factor(bad)
+
+
+def test_relative_roots_are_not_doubled(tiny_image, tmp_path, monkeypatch):
+    """A relative --out_dir and the default TrainedModels/ (relative to the working folder): the model and
+    its stage folders land where the command says, never under a second copy of the root."""
+    monkeypatch.chdir(tmp_path)
+    assert inside("TrainedModels", Path("TrainedModels") / "a" / "b") == Path("TrainedModels/a/b")
+    with pytest.raises(UserError):
+        inside("TrainedModels", Path("TrainedModels") / ".." / "x")
+    out = Path("runs") / "quickstart"
+    consingan.train(str(tiny_image), out_dir=out, device="cpu", **{**TINY, "train_stages": 2, "niter": 2})
+    assert (out / "model.pt").is_file() and (out / "1" / "real.png").is_file()
+    assert not (out / "runs").exists()
+    config = consingan.make_config(**TINY)
+    default = consingan.api.default_out_dir("tiny.png", config)
+    assert default.parts[:2] == ("TrainedModels", "tiny"), default

@@ -47,11 +47,11 @@ def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
 
 
 def inside(root: str | os.PathLike, path: str | os.PathLike, what: str = "path") -> Path:
-    """``path`` (relative paths are taken under ``root``) if it stays inside ``root`` once resolved, else a
-    UserError. Returns the path as given (not resolved), so messages show the names the user knows."""
+    """``path`` if it stays inside ``root`` once resolved, else a UserError. Both are taken as given
+    (a relative one from the working folder, as every caller builds ``path`` from ``root``: a relative
+    ``path`` is not put under ``root`` a second time). Returns the path as given (not resolved), so
+    messages show the names the user knows."""
     path = Path(path)
-    if not path.is_absolute():
-        path = Path(root) / path
     if not is_inside(root, path):
         raise UserError(f"the {what} {path} leads outside {root} (a '..' or a symbolic link that points out of it); "
                         "remove the link or choose another name (nothing was read or written there)")
