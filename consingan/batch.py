@@ -442,6 +442,13 @@ def job_threads(cpus_per_job: float) -> int:
     return max(1, int(cpus_per_job))
 
 
+def check_threads(threads: int, cpus_per_job: float) -> None:
+    """--threads given to batch may only repeat what --cpus_per_job gives each job."""
+    if threads and threads != job_threads(cpus_per_job):
+        raise UserError(f"--threads {threads}: a batch job's torch threads are its --cpus_per_job (what Ray reserves "
+                        f"for it); pass --cpus_per_job {threads} instead")
+
+
 def run_job(spec: Mapping[str, Any], monitor=None) -> dict[str, Any]:
     """Run one job on this process (a Ray worker): decide from the disk what is left (train, resume,
     samples, metrics), do it, record it. Never raises for the job's own failures: they come back as a
@@ -853,9 +860,7 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
     if not cpus_per_job > 0 or gpus_per_job < 0:
         raise UserError(f"--cpus_per_job must be above 0 and --gpus_per_job 0 or more, not {cpus_per_job} and "
                         f"{gpus_per_job}")
-    if threads and threads != job_threads(cpus_per_job):
-        raise UserError(f"--threads {threads}: a batch job's torch threads are its --cpus_per_job (what Ray reserves "
-                        f"for it); pass --cpus_per_job {threads} instead")
+    check_threads(threads, cpus_per_job)
     if gpus_per_job > 1 and gpus_per_job != int(gpus_per_job):
         raise UserError(f"--gpus_per_job {gpus_per_job}: above 1, give a whole number of GPUs")
     if gpus_per_job == 0 and str(device).startswith("cuda"):
@@ -911,17 +916,19 @@ def run(images: Any, out_root: str | os.PathLike, *, samples: int = 0, evaluate:
 
 
 def dry_run(images: Any, out_root: str | os.PathLike, *, device: str = "auto", gpus_per_job: float = 0,
-            **settings: Any) -> list[tuple[Job, Any]]:
+            cpus_per_job: float = 1, threads: int = 0, **settings: Any) -> list[tuple[Job, Any]]:
     """(job, prepared run) of every image, as ``run`` would train it (consingan.plan.Plan: the settings
-    config.json would hold, the stage sizes, the estimate). Nothing is written and Ray is not started."""
+    config.json would hold, the stage sizes, the estimate; each job's torch threads are its
+    ``cpus_per_job``, as in ``run``). Nothing is written and Ray is not started."""
     import torch
 
+    check_threads(threads, cpus_per_job)
     jobs = collect_jobs(images, settings)
     check_settings(jobs)
     if device == "auto":  # as a job decides: a GPU only when it asks for one
         device = "cuda" if gpus_per_job > 0 and torch.cuda.is_available() else "cpu"
     root = Path(out_root).resolve()
-    return [(job, job_plan(job, device, root)) for job in jobs]
+    return [(job, job_plan(job, device, root, job_threads(cpus_per_job))) for job in jobs]
 
 
 def on_disk(root: Path, job: Job, result: JobResult, samples: int, evaluate: bool) -> JobResult:

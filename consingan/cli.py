@@ -690,7 +690,8 @@ def batch(
         if dry_run:
             for key in ("progress", "checkpoint_every"):
                 settings.pop(key, None)
-            plans = batch_runner.dry_run(images, out_root, gpus_per_job=gpus_per_job, **settings)
+            plans = batch_runner.dry_run(images, out_root, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                                         **settings)
             for job, plan in plans:
                 typer.echo(f"{job.name} ({job.image}) -> {Path(out_root) / job.name}")
                 typer.echo(plan.describe())

@@ -99,6 +99,12 @@ def test_dry_run_prints_the_run_and_writes_nothing(tiny_image, tmp_path):
                    *flags(SETTINGS), "--device", "cpu")
     assert not out_root.exists() and tree(tmp_path, ROOT / "TrainedModels") == before
     assert f"tiny ({tiny_image}) -> {out_root / 'tiny'}" in proc.stdout and "1 image(s), about " in proc.stdout
+    # a batch job's threads are its --cpus_per_job, in the dry run as in the run (conftest pins 2 elsewhere)
+    batch_text = proc.stdout
+    assert json.loads(batch_text[batch_text.index("{"): batch_text.index("\n}") + 2])["threads"] == 1
+    proc = run_cli("-m", "consingan", "batch", "--images", tiny_image.parent, "--out_root", out_root, "--dry_run",
+                   *flags(SETTINGS), "--device", "cpu", "--threads", "3", check=False)
+    assert proc.returncode == 2 and "pass --cpus_per_job 3" in proc.stderr and not out_root.exists()
 
 
 MACHINE = cost.Machine("cpu", rate=1e11, latency=1e-5)
