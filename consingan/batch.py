@@ -565,12 +565,10 @@ def job_plan(job: Job, device: str = "auto", root: Path | None = None, threads: 
 def _resume_estimate(reporter, config: Config, image: str, device: str) -> None:
     """The reporter's time-left estimate of a resumed job (best effort: a bad image fails later, in resume)."""
     try:
-        from PIL import Image
-
         from .plan import estimate_for
+        from .storage.image_files import image_size
 
-        with Image.open(image) as im:
-            w, h = im.size
+        w, h = image_size(image)
         reporter.plan(estimate_for(config, h, w, device))
     except Exception:  # noqa: BLE001
         pass

@@ -31,7 +31,7 @@ from .core.image import stage_sizes, training_image
 from .core.runtime import resolve_precision
 from .device import check_memory, describe, resolve_device
 from .errors import ConSinGANWarning, UserError
-from .storage.image_files import as_image
+from .storage.image_files import as_image, image_size
 from .process import choose_threads
 from .storage.rundir import PRESET_KEY, THREADS_KEY, run_info
 
@@ -170,12 +170,9 @@ def check_samples(model, scale_h: float, scale_w: float, num_samples: int, kept:
 
 def check_object(obj: str | os.PathLike, scale: float) -> None:
     """compose: refuse a --scale that would blow the object up beyond memory (read from its header)."""
-    from PIL import Image
-
     try:
-        with Image.open(obj) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - unreadable or missing: the compose task says so in its own words
+        w, h = image_size(obj, "object")
+    except Exception:  # noqa: BLE001 - unreadable, missing or too large: the compose task says so in its own words
         return
     check_memory(cost.object_bytes(h, w, scale), f"an object scaled to {h * scale:.0f}x{w * scale:.0f} pixels "
                  f"(--scale {scale:g})", "use a smaller --scale", torch.device("cpu"))

@@ -55,10 +55,9 @@ def training_size(folder: Path) -> tuple[int, int] | None:
         real = stage / "real.png"
         if real.is_file():
             try:
-                from PIL import Image
+                from ..storage.image_files import image_size
 
-                with Image.open(real) as im:
-                    return im.size
+                return image_size(real)
             except Exception:  # noqa: BLE001 - a damaged preview: try the model file
                 break
     try:
