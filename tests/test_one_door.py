@@ -197,3 +197,16 @@ def test_the_web_app_checks_settings_by_configs_rules():
     assert str(web.value) == str(caught.value)
     with pytest.raises(UserError, match="train_stages must be a whole number, not 'many'"):
         actions.make_settings("generation", "paper", train_stages="many")
+
+
+def test_the_web_estimate_names_the_training_size(tmp_path):
+    """The page's estimate speaks of the size the run trains at (the top stage), not the upload's."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from consingan.webapp import actions
+
+    iio.imwrite(tmp_path / "big.png", np.full((90, 120, 3), 128, np.uint8))
+    web = actions.make_settings("generation", "paper", 40, 3, 20, 8, 12, 7, None, None)
+    text = actions.estimate_text(SimpleNamespace(torch_device=torch.device("cpu")), tmp_path / "big.png", web)
+    assert "training size of 30x40" in text and "90x120" not in text, text

@@ -199,12 +199,13 @@ def number(value: Any, what: str) -> float:
         raise UserError(f"{what} must be a number, not {value!r}") from None
 
 
-def prepared(state: AppState, image_path: Path, settings: dict[str, Any]):
-    """The run the settings make on the image (consingan.prepare: as the train command prepares it)."""
+def prepared(state: AppState, image_path: Path, settings: dict[str, Any], threads: int | None = None):
+    """The run the settings make on the image (consingan.prepare: as the train command prepares it).
+    ``threads``: None, the thread rule (it looks at the machine's load for 0.2 s)."""
     from .. import api
 
     return api.prepare(image_path, device=state.torch_device, input_name=image_path.name,
-                       run_info={"trained_with": "web app"}, **settings)
+                       run_info={"trained_with": "web app"}, threads=threads, **settings)
 
 
 def estimate_text(state: AppState, image_path: Path | None, settings: dict[str, Any]) -> str:
@@ -213,14 +214,17 @@ def estimate_text(state: AppState, image_path: Path | None, settings: dict[str, 
     from ..core.cost import describe_seconds
     from ..plan import estimate_for
 
+    import torch
+
     device = state.torch_device
     if image_path is not None:
         with warnings.catch_warnings():  # shown when training starts, not at every keystroke
             warnings.simplefilter("ignore")
-            plan = prepared(state, image_path, settings)
+            # the estimate measures with torch's current threads anyway: no look at the load per keystroke
+            plan = prepared(state, image_path, settings, threads=torch.get_num_threads())
         estimate, config = plan.estimate, plan.config
-        h, w = plan.image.shape[-2:]
-        where = f"{h}x{w} image"
+        h, w = plan.sizes[-1]
+        where = f"training size of {h}x{w}"
     else:
         from ..config import make_config
 
