@@ -578,13 +578,20 @@ def build(state: act.AppState) -> gr.Blocks:
         def explore_preview(name, x, y, seed, start):
             return shown_large(act.explore(state, name, x, y, seed, start, preview=True)), pad_image(x, y)
 
+        @guarded
+        def explore_image(name, x, y, seed, start):
+            return shown_large(act.explore(state, name, x, y, seed, start, preview=False))
+
         e_inputs = [e_model, e_x, e_y, e_seed, e_start]
         for slider in (e_x, e_y):
             slider.input(explore_preview, e_inputs, [e_image, e_pad], api_visibility="private", show_progress="hidden",
                          trigger_mode="always_last")
             slider.release(explore_full, e_inputs, [e_image, e_pad], api_visibility="private", show_progress="hidden")
         for trigger in (e_model.change, e_seed.change, e_start.change):
-            trigger(explore_full, e_inputs, [e_image, e_pad], api_visibility="private", show_progress="hidden")
+            # the image only: the point, so the pad, is the same. Gradio caches an image under a hash of its
+            # pixels, so sending the same pad again rewrote the very file the page was fetching (a truncated
+            # response: a broken pad on page loads that set the model, until a slider moved)
+            trigger(explore_image, e_inputs, e_image, api_visibility="private", show_progress="hidden")
 
         def jump(name, seed, start, evt: gr.SelectData):
             x = evt.index[0] / (PAD_SIDE - 1) * 2 * PAD_RANGE - PAD_RANGE
@@ -596,9 +603,6 @@ def build(state: act.AppState) -> gr.Blocks:
         e_pad.select(guarded(jump), [e_model, e_seed, e_start], [e_x, e_y, e_image, e_pad], api_visibility="private",
                      show_progress="hidden")
         e_go.click(explore_full, e_inputs, [e_image, e_pad], api_name="explore")
-        # the pad on every page load (a cached first picture can be gone on later loads: a broken image)
-        demo.load(lambda x, y: pad_image(x or 0.0, y or 0.0), [e_x, e_y], e_pad, api_visibility="private",
-                  show_progress="hidden")
     return demo
 
 
